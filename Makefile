@@ -1,0 +1,29 @@
+# Two entry points do all set-up on a fresh machine: `make demo` and `make test`.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+DATA    := .cache/bastion/data/fashion-mnist/.ok
+
+.PHONY: demo test install data lint clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3.11 -m venv .venv
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP) data
+
+data:
+	bash scripts/get_fashion_mnist.sh
+
+demo: install
+	$(PY) -m bastion.cli demo
+
+test: install
+	$(PY) -m pytest -n 2 -q tests
+
+lint: $(STAMP)
+	.venv/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf .venv .cache

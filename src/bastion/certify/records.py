@@ -1,0 +1,85 @@
+"""The one record every certifier returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bastion._records import record_from_dict, record_to_dict
+from bastion.types import NORMS, Norm
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Per-example certified predictions.
+
+    The guarantee a certifier states with it: for every example i with
+    ``abstained[i] == False``, the (smoothed, Lipschitz, ...) classifier predicts
+    ``prediction[i]`` at every point within ``radius[i]`` of the input in ``norm``
+    (for probabilistic certifiers, with probability at least 1 - alpha over the
+    certification's randomness). An abstaining example has radius 0 and certifies nothing.
+
+    Args:
+        prediction: int64 [N], the certified class (meaningless where abstained).
+        radius: float64 [N] >= 0, in [0, 1] pixel units of ``norm``; 0 where abstained.
+        abstained: bool [N].
+        norm: the norm of the radius, ``"l2"``, ``"linf"`` or ``"l1"``.
+        method: the certifier's name (e.g. ``"smoothing-gaussian"``).
+        params: the certifier's parameters (sigma, n, alpha, ...), JSON-safe.
+        extra: per-example auxiliary tensors for auditing (e.g. raw counts).
+    """
+
+    prediction: torch.Tensor
+    radius: torch.Tensor
+    abstained: torch.Tensor
+    norm: Norm
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.prediction.shape[0]
+        if self.prediction.dtype != torch.int64 or self.prediction.dim() != 1:
+            raise TypeError("Certificate.prediction must be int64 of shape [N]")
+        if self.radius.shape != (n,) or self.abstained.shape != (n,):
+            raise ValueError("Certificate fields must all have shape [N]")
+        if self.abstained.dtype != torch.bool:
+            raise TypeError("Certificate.abstained must be a bool tensor")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}")
+        if torch.isnan(self.radius).any() or (self.radius < 0).any():
+            raise ValueError("Certificate.radius must be >= 0 and not NaN")
+        if (self.radius[self.abstained] != 0).any():
+            raise ValueError("an abstaining example must have radius 0")
+
+    def __len__(self) -> int:
+        return int(self.prediction.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form; ``Certificate.from_dict`` inverts it exactly."""
+        return record_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Certificate:
+        return record_from_dict(cls, data)
+
+    @staticmethod
+    def concat(certs: list[Certificate]) -> Certificate:
+        """Join certificates of consecutive chunks made with the same certifier."""
+        if not certs:
+            raise ValueError("nothing to concatenate")
+        first = certs[0]
+        for c in certs[1:]:
+            if (c.norm, c.method, c.params) != (first.norm, first.method, first.params):
+                raise ValueError("can only concatenate certificates of the same certifier")
+        return Certificate(
+            prediction=torch.cat([c.prediction for c in certs]),
+            radius=torch.cat([c.radius for c in certs]),
+            abstained=torch.cat([c.abstained for c in certs]),
+            norm=first.norm,
+            method=first.method,
+            params=first.params,
+            extra={k: torch.cat([c.extra[k] for c in certs]) for k in first.extra},
+        )

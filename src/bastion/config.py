@@ -1,0 +1,195 @@
+"""Run configuration: keyword-only frozen dataclasses <-> plain dicts <-> YAML.
+
+YAML is read with ``yaml.safe_load``. Unknown or mistyped keys are errors that name the
+valid keys; ``--set a.b=value`` overrides are parsed as YAML scalars and checked the same
+way. ``dataclasses.replace`` is how to sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from bastion.attacks.spec import AttackName
+from bastion.types import Norm
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """Optimizer: SGD (with momentum, Nesterov optional) or Adam; weight decay is L2."""
+
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleConfig:
+    """Learning-rate schedule over optimisation steps.
+
+    ``piecewise``: multiply by ``gamma`` at each milestone, given as fractions of training
+    (Rice et al. decay at 50% and 75%). ``cosine``: cosine decay to 0. ``onecycle``:
+    linear ramp up to ``lr`` over ``warmup`` of training, then linearly down to 0.
+    """
+
+    name: Literal["constant", "piecewise", "cosine", "onecycle"] = "piecewise"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    warmup: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """The per-epoch (and final) evaluation: an attack on fixed test points."""
+
+    attack: AttackName | None = "pgd"
+    eps: float = 0.1
+    norm: Norm = "linf"
+    steps: int = 10
+    step_size: float | None = None
+    n_test: int = 1000
+    n_train: int = 0
+    batch_size: int = 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything a ``bastion train`` run needs; ``repr`` is the log line."""
+
+    dataset: Literal["fashion-mnist", "mnist", "cifar10", "digits"] = "fashion-mnist"
+    data_dir: str | None = None
+    train_subset: int | None = None
+    model: str = "small-cnn"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    method: str = "standard"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    epochs: int = 10
+    batch_size: int = 128
+    seed: int = 0
+    channels_last: bool = True
+    patience: int | None = None
+    device: str = "auto"
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _check_value(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(repr(a) for a in typing.get_args(tp))
+            raise ValueError(f"{path}: {value!r} is not one of {choices}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _check_value(value, arg, path)
+            except (TypeError, ValueError) as e:
+                errors.append(str(e))
+        raise ValueError(f"{path}: {value!r} does not fit {tp}: {'; '.join(errors)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TypeError(f"{path}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, path)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"{path}: expected a list, got {value!r}")
+        (arg, _) = typing.get_args(tp)
+        return tuple(_check_value(v, arg, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{path}: unsupported type {tp}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], path: str = "config") -> T:
+    """Build dataclass ``cls`` from a plain dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys: {', '.join(names)}")
+    kwargs = {k: _check_value(v, hints[k], f"{path}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A config dataclass as a plain dict (tuples become lists, for YAML)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(obj))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML scalars) to a config dict."""
+    data = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {p!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML recipe, apply ``--set`` overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a mapping of keys to values")
+    return from_dict(TrainConfig, apply_overrides(data, overrides or []))
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,114 @@
+"""Per-channel normalisation as the first layer of every bastion model.
+
+bastion keeps inputs as NCHW floats in [0, 1] everywhere (attacks, purifiers, certifiers), so
+that epsilons and certified radii are in pixel units. Dataset normalisation therefore lives
+inside the model, as this layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+
+class Normalize(nn.Module):
+    """Subtract a per-channel mean and divide by a per-channel standard deviation.
+
+    ``forward(x) = (x - mean) / std`` with ``mean`` and ``std`` stored as buffers of shape
+    ``[1, C, 1, 1]`` (persistent, so they travel with the checkpoint). The layer is
+    differentiable, so gradient-based attacks see through it, and it keeps the memory format of
+    its input (NCHW or channels-last).
+
+    Args:
+        mean: per-channel means, one float per channel, in [0, 1] pixel units.
+        std: per-channel standard deviations, one finite float > 0 per channel.
+
+    Shape:
+        - Input: ``[N, C, H, W]`` with ``C == len(mean)``.
+        - Output: ``[N, C, H, W]``, same dtype and memory format as the input.
+
+    Example:
+        >>> norm = Normalize((0.5,), (0.25,))
+        >>> norm(torch.full((1, 1, 2, 2), 0.75)).flatten().tolist()
+        [1.0, 1.0, 1.0, 1.0]
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = [float(m) for m in mean]
+        std_t = [float(s) for s in std]
+        if len(mean_t) == 0:
+            raise ValueError("mean must have at least one entry (one per channel)")
+        if len(mean_t) != len(std_t):
+            raise ValueError(
+                f"mean and std must have one entry per channel and the same length; "
+                f"got {len(mean_t)} means and {len(std_t)} standard deviations"
+            )
+        if not all(math.isfinite(m) for m in mean_t):
+            raise ValueError(f"mean must be finite, got {mean_t}")
+        if not all(math.isfinite(s) and s > 0 for s in std_t):
+            raise ValueError(f"std must be finite and > 0 in every channel, got {std_t}")
+        self.register_buffer("mean", torch.tensor(mean_t).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std_t).view(1, -1, 1, 1))
+
+    @property
+    def num_channels(self) -> int:
+        """Number of channels the layer expects."""
+        return int(self.mean.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x`` of shape ``[N, C, H, W]`` channel by channel."""
+        if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
+            raise ValueError(
+                f"Normalize expects an NCHW batch with {self.num_channels} channel(s), "
+                f"got shape {tuple(x.shape)}"
+            )
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        mean = ", ".join(f"{m:.4g}" for m in self.mean.flatten().tolist())
+        std = ", ".join(f"{s:.4g}" for s in self.std.flatten().tolist())
+        return f"mean=({mean}), std=({std})"
+
+
+# Small argument checks shared by the architectures in this sub-package.
+
+
+def _check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` if it is an int >= 1, else raise a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _as_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
+    """Turn ``28`` or ``(28, 28)`` into a ``(height, width)`` pair of ints >= 1."""
+    if isinstance(input_size, int) and not isinstance(input_size, bool):
+        pair: tuple[object, ...] = (input_size, input_size)
+    else:
+        pair = tuple(input_size)
+        if len(pair) != 2:
+            raise ValueError(f"input_size must be an int or an (height, width) pair, got {pair}")
+    h = _check_positive_int(pair[0], "input_size height")
+    w = _check_positive_int(pair[1], "input_size width")
+    return h, w
+
+
+def _check_dropout(p: object, name: str = "dropout") -> float:
+    """Return ``p`` as a float if it is a probability in [0, 1), else raise."""
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= float(p) < 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {p!r}")
+    return float(p)
+
+
+def _min_input_side(out_side: Callable[[int], int]) -> int:
+    """Smallest input side for which ``out_side`` (input side -> feature side) is >= 1."""
+    return next(s for s in range(1, 4097) if out_side(s) >= 1)

@@ -1,0 +1,209 @@
+"""Build models by name, always with the :class:`Normalize` layer first, and check checkpoints.
+
+``build("small-cnn", dataset="mnist")`` returns
+``nn.Sequential(normalize=Normalize(...), net=SmallCNN(...))``: the model takes NCHW floats
+in [0, 1], so attack epsilons and certified radii are in pixel units.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from bastion.models.lenet import LeNet
+from bastion.models.mlp import MLP
+from bastion.models.normalize import Normalize, _as_hw, _check_positive_int
+from bastion.models.preact_resnet import PreActResNet18
+from bastion.models.small_cnn import SmallCNN
+from bastion.models.wide_resnet import WideResNet
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "small-cnn": SmallCNN,
+    "lenet": LeNet,
+    "preact-resnet18": PreActResNet18,
+    "wide-resnet": WideResNet,
+    "mlp": MLP,
+}
+"""Architectures by name. Each takes ``num_classes`` and ``in_channels``, plus
+``input_size`` when its flatten size depends on it, plus its own keyword arguments."""
+
+DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "digits": ((0.0,), (1.0,)),
+}
+"""Per-channel (mean, std) of each dataset's training images in [0, 1] pixel units."""
+
+# Arguments that ``build`` supplies itself; everything else is an architecture keyword.
+_COMMON = ("num_classes", "in_channels", "input_size")
+
+# How many entries of each kind ``check_state_dict_matches`` shows in its message.
+_SHOW = 5
+
+
+def dataset_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)`` of a dataset, for :class:`Normalize`.
+
+    Args:
+        name: one of ``DATASET_STATS`` ("fashion-mnist", "mnist", "cifar10", "digits").
+
+    Returns:
+        ``(mean, std)``, tuples with one float per channel, in [0, 1] pixel units.
+
+    Example:
+        >>> dataset_stats("mnist")
+        ((0.1307,), (0.3081,))
+    """
+    if name not in DATASET_STATS:
+        raise ValueError(
+            f"no normalisation statistics for dataset {name!r}; known datasets: "
+            f"{', '.join(sorted(DATASET_STATS))}"
+        )
+    return DATASET_STATS[name]
+
+
+def _architecture_keywords(name: str) -> list[str]:
+    """The keyword arguments architecture ``name`` accepts besides the common ones."""
+    params = inspect.signature(MODELS[name]).parameters
+    return [p for p in params if p not in _COMMON]
+
+
+def build(
+    name: str,
+    *,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: int | Sequence[int] = 28,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    dataset: str | None = None,
+    **kwargs: object,
+) -> nn.Sequential:
+    """Build a registered architecture with its :class:`Normalize` layer first.
+
+    Args:
+        name: one of ``MODELS`` ("small-cnn", "lenet", "preact-resnet18", "wide-resnet").
+        num_classes: number of output logits. Default 10.
+        in_channels: input channels. Default 1.
+        input_size: input height and width in pixels (int or ``(h, w)``); used by the
+            architectures whose flatten size depends on it. Default 28.
+        mean: per-channel means in [0, 1] pixel units; default all 0 (or the dataset's).
+        std: per-channel standard deviations; default all 1 (or the dataset's).
+        dataset: take ``mean`` and ``std`` from :data:`DATASET_STATS` for this dataset
+            (exclusive with ``mean``/``std``). Default None (identity normalisation).
+        **kwargs: architecture keyword arguments, e.g. ``depth=34, widen_factor=10`` for
+            "wide-resnet" or ``width=64`` for "preact-resnet18".
+
+    Returns:
+        ``nn.Sequential`` with children ``normalize`` (a :class:`Normalize`) and ``net``
+        (the architecture).
+
+    Shape:
+        - Input: ``[N, in_channels, H, W]`` floats in [0, 1].
+        - Output: ``[N, num_classes]`` logits.
+
+    Example:
+        >>> model = build("small-cnn", dataset="fashion-mnist")
+        >>> model(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+    _check_positive_int(in_channels, "in_channels")
+    hw = _as_hw(input_size)
+
+    valid = _architecture_keywords(name)
+    unknown = sorted(k for k in kwargs if k not in valid)
+    if unknown:
+        raise TypeError(
+            f"unknown keyword argument(s) {', '.join(unknown)} for model {name!r}; valid "
+            f"keyword arguments: {', '.join(['num_classes', 'in_channels', 'input_size', *valid])}"
+        )
+
+    if dataset is not None:
+        if mean is not None or std is not None:
+            raise ValueError("give either dataset or mean/std, not both")
+        mean, std = dataset_stats(dataset)
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither (identity normalisation)")
+    if mean is None or std is None:
+        mean, std = (0.0,) * in_channels, (1.0,) * in_channels
+    if len(mean) != in_channels:
+        raise ValueError(
+            f"normalisation has {len(mean)} channel(s) but in_channels={in_channels}"
+            + (f" (statistics of dataset {dataset!r})" if dataset is not None else "")
+        )
+    normalize = Normalize(mean, std)
+
+    params = inspect.signature(MODELS[name]).parameters
+    common: dict[str, object] = {"num_classes": num_classes, "in_channels": in_channels}
+    if "input_size" in params:
+        common["input_size"] = hw
+    net = MODELS[name](**common, **kwargs)
+    return nn.Sequential(OrderedDict([("normalize", normalize), ("net", net)]))
+
+
+def architecture_signature(model: nn.Module) -> dict[str, list[int]]:
+    """Map every state-dict key of ``model`` (parameters and buffers) to its shape.
+
+    Two models with equal signatures can load each other's checkpoints.
+
+    Args:
+        model: any module.
+
+    Returns:
+        ``{key: shape}`` in state-dict order, shapes as lists of ints (JSON-friendly).
+
+    Example:
+        >>> architecture_signature(Normalize((0.5,), (0.5,)))
+        {'mean': [1, 1, 1, 1], 'std': [1, 1, 1, 1]}
+    """
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def _first(items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOW])
+    more = f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else ""
+    return shown + more
+
+
+def check_state_dict_matches(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Raise ``ValueError`` unless ``state_dict`` has exactly ``model``'s keys and shapes.
+
+    The message lists (the first few) missing keys, unexpected keys and shape mismatches, so
+    that a checkpoint written for another architecture fails early and clearly.
+
+    Args:
+        model: the model the checkpoint is meant for.
+        state_dict: tensors by key, e.g. from ``safetensors.torch.load_file``.
+
+    Example:
+        >>> model = build("small-cnn")
+        >>> check_state_dict_matches(model, model.state_dict())  # fits: no error
+    """
+    expected = architecture_signature(model)
+    got = {k: list(torch.as_tensor(v).shape) for k, v in state_dict.items()}
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    mismatched = [
+        f"{k} (model {expected[k]}, checkpoint {got[k]})"
+        for k in expected
+        if k in got and expected[k] != got[k]
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_first(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatch(es): {_first(mismatched)}")
+    raise ValueError(
+        f"checkpoint does not match the {type(model).__name__} architecture: " + "; ".join(parts)
+    )

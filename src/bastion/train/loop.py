@@ -1,0 +1,307 @@
+"""The one training loop of bastion.
+
+``fit`` is the only code that calls ``zero_grad``, ``backward`` and ``step``. A method is a
+callable ``method(model, x, y, ctx=...) -> StepOutput`` that builds the batch loss (PGD-AT,
+TRADES, MACER, ...). The loop owns batching, the learning-rate schedule, per-epoch
+evaluation, atomic checkpoints, exact resume, early stopping and DDP.
+
+Optional method hooks (duck-typed, no base class):
+    ``setup(dataset_size: int, device)`` once before training (per-example buffers);
+    ``on_epoch_start(epoch, model, train_data, generator)`` before each epoch;
+    ``state_dict()`` / ``load_state_dict(state)`` to checkpoint the method's own state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from bastion._records import atomic_write_bytes
+from bastion.attacks.pgd import model_mode
+from bastion.attacks.spec import AttackSpec
+from bastion.bench.harness import evaluate_attack
+from bastion.train.checkpoint import (
+    checkpoint_dir,
+    load_model_state,
+    load_train_state,
+    save_checkpoint,
+)
+from bastion.types import StepContext, StepOutput
+
+log = logging.getLogger(__name__)
+
+
+class Method(Protocol):
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext | None = None
+    ) -> StepOutput: ...
+
+
+class TensorData(Protocol):
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class History:
+    """Per-epoch records of a run (one dict per finished epoch), JSON-lines on disk."""
+
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+    def column(self, key: str) -> list[Any]:
+        return [e.get(key) for e in self.epochs]
+
+    def to_jsonl(self) -> str:
+        import json
+
+        return "".join(json.dumps(e) + "\n" for e in self.epochs)
+
+    @classmethod
+    def from_jsonl(cls, text: str) -> History:
+        import json
+
+        return cls([json.loads(line) for line in text.splitlines() if line.strip()])
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalPlan:
+    """What ``fit`` measures after every epoch.
+
+    Args:
+        attack: the attack for robust accuracy (None: clean accuracy only).
+        n_test: number of fixed test points (the first ``n_test`` of the eval set).
+        n_train: number of fixed training points for train clean/robust accuracy (0: off),
+            to watch robust overfitting (Rice et al. 2020, arXiv 2002.11569).
+        batch_size: evaluation batch size.
+        seed: seed of the evaluation attack (the same every epoch).
+    """
+
+    attack: AttackSpec | None = None
+    n_test: int = 1000
+    n_train: int = 0
+    batch_size: int = 500
+    seed: int = 0
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "method": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["method"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _measure(
+    model: nn.Module, data: TensorData, n: int, plan: EvalPlan, prefix: str
+) -> dict[str, float]:
+    x, y = data.images[:n], data.labels[:n]
+    out: dict[str, float] = {}
+    if plan.attack is None:
+        from bastion.bench.harness import predict
+
+        pred = predict(model, x.to(next(model.parameters()).device), plan.batch_size).cpu()
+        out[f"{prefix}_clean_acc"] = float((pred == y).double().mean())
+        return out
+    r = evaluate_attack(model, x, y, plan.attack, batch_size=plan.batch_size, seed=plan.seed)
+    out[f"{prefix}_clean_acc"] = float(r.clean_correct.double().mean())
+    out[f"{prefix}_robust_acc"] = float(r.adv_correct.double().mean())
+    return out
+
+
+def fit(
+    model: nn.Module,
+    method: Method,
+    train_data: TensorData,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    eval_data: TensorData | None = None,
+    eval_plan: EvalPlan | None = None,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    seed: int = 0,
+    patience: int | None = None,
+    channels_last: bool = False,
+    transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    on_batch: Callable[[int, int, int], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> History:
+    """Train ``model`` with ``method`` for ``epochs`` epochs.
+
+    Args:
+        model: classifier on [0, 1] inputs, already on its device. Under ``torchrun`` (a
+            process group is initialised) it is wrapped in DistributedDataParallel here.
+        method: the per-batch objective, ``method(model, x, y, ctx=...) -> StepOutput``.
+        train_data: object with ``images`` [N, C, H, W] in [0, 1] and ``labels`` int64 [N]
+            (e.g. ``bastion.data.ImageDataset``); batches are drawn by index, so methods
+            get dataset positions in ``ctx.index``.
+        optimizer: the optimizer over ``model``'s parameters.
+        epochs: total number of epochs (a resumed run continues up to it).
+        batch_size: global batch size (split evenly across DDP ranks).
+        scheduler: stepped once per optimisation step.
+        eval_data: test set for the per-epoch measurement.
+        eval_plan: what to measure after each epoch (default: clean accuracy on 1000).
+        run_dir: where to write checkpoints and history; None keeps everything in memory.
+        resume: continue from ``run_dir``'s last checkpoint if there is one.
+        seed: seeds the per-epoch shuffling and the methods' generator.
+        patience: stop when the best robust (else clean) test accuracy has not improved
+            for this many epochs; the best checkpoint is kept either way.
+        channels_last: use the channels-last memory layout (faster convolutions on CPU).
+        transform: batch augmentation ``transform(x, generator) -> x`` (stays in [0, 1]).
+        on_batch: called as ``on_batch(epoch, step, steps_per_epoch)`` after each step.
+        on_epoch: called with each epoch's record.
+
+    Returns:
+        The run's ``History``.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    rank, world = _dist()
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the {world} ranks")
+    device = next(model.parameters()).device
+    plan = eval_plan or EvalPlan()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    generator = torch.Generator(device=device).manual_seed(seed + 7919 * rank)
+    n = len(train_data)
+    if hasattr(method, "setup"):
+        method.setup(n, device)
+
+    history = History()
+    start_epoch = 0
+    best = float("-inf")
+    since_best = 0
+    if run_dir is not None and resume and (ck := checkpoint_dir(run_dir, "last")) is not None:
+        load_model_state(model, ck)
+        state = load_train_state(ck)
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if hasattr(method, "load_state_dict") and state.get("method") is not None:
+            method.load_state_dict(state["method"])
+        ranks_rng = state["rng"]
+        _set_rng_state(ranks_rng[rank] if rank < len(ranks_rng) else ranks_rng[0], generator)
+        history = History(state["history"])
+        start_epoch = int(state["epoch"])
+        best, since_best = float(state["best"]), int(state["since_best"])
+        log.info("resumed %s at epoch %d", run_dir, start_epoch)
+
+    local_bs = batch_size // world
+    steps_per_epoch = n // batch_size if n >= batch_size else 1
+    for epoch in range(start_epoch, epochs):
+        if patience is not None and since_best >= patience:
+            break
+        t0 = time.perf_counter()
+        if hasattr(method, "on_epoch_start"):
+            method.on_epoch_start(epoch, model, train_data, generator)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        sums: dict[str, torch.Tensor] = {}
+        net.train()
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size : (step + 1) * batch_size][rank * local_bs :][:local_bs]
+            x = train_data.images[idx].to(device, non_blocking=True)
+            y = train_data.labels[idx].to(device, non_blocking=True)
+            if transform is not None:
+                x = transform(x, generator)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            ctx = StepContext(epoch=epoch, step=step, index=idx.to(device), generator=generator,
+                              epochs=epochs)
+            out = method(net, x, y, ctx=ctx)
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            for k, v in {"loss": out.loss.detach(), **out.logs}.items():
+                v = torch.as_tensor(v, device=device, dtype=torch.float64).detach()
+                sums[k] = sums.get(k, torch.zeros((), device=device, dtype=torch.float64)) + v
+            if on_batch is not None:
+                on_batch(epoch, step, steps_per_epoch)
+        if world > 1:
+            keys = sorted(sums)
+            packed = torch.stack([sums[k] for k in keys])
+            dist.all_reduce(packed)
+            sums = {k: packed[i] / world for i, k in enumerate(keys)}
+        record: dict[str, Any] = {"epoch": epoch + 1}
+        record.update({f"train_{k}": float(v) / steps_per_epoch for k, v in sums.items()})
+        record["lr"] = optimizer.param_groups[0]["lr"]
+        record["train_seconds"] = time.perf_counter() - t0
+        if rank == 0 and eval_data is not None:
+            with model_mode(model, False):
+                record.update(_measure(model, eval_data, plan.n_test, plan, "test"))
+                if plan.n_train:
+                    record.update(_measure(model, train_data, plan.n_train, plan, "train"))
+        if world > 1:
+            box = [record]
+            dist.broadcast_object_list(box, src=0)
+            record = box[0]
+        record["seconds"] = time.perf_counter() - t0
+        score = record.get("test_robust_acc", record.get("test_clean_acc", float("nan")))
+        is_best = score == score and score > best
+        if is_best:
+            best, since_best = score, 0
+        else:
+            since_best += 1
+        record["best_so_far"] = best
+        history.epochs.append(record)
+        if run_dir is not None:
+            rngs = [_rng_state(generator)]
+            if world > 1:
+                gathered: list[Any] = [None] * world
+                dist.all_gather_object(gathered, rngs[0])
+                rngs = gathered
+            if rank == 0:
+                train_state = {
+                    "epoch": epoch + 1,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": None if scheduler is None else scheduler.state_dict(),
+                    "method": method.state_dict() if hasattr(method, "state_dict") else None,
+                    "rng": rngs,
+                    "history": history.epochs,
+                    "best": best,
+                    "since_best": since_best,
+                }
+                save_checkpoint(run_dir, epoch + 1, model, train_state, is_best=is_best)
+                atomic_write_bytes(Path(run_dir) / "history.jsonl", history.to_jsonl().encode())
+            if world > 1:
+                dist.barrier()
+        log.info("epoch %d: %s", epoch + 1, record)
+        if on_epoch is not None:
+            on_epoch(record)
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    return history

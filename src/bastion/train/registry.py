@@ -1,0 +1,30 @@
+"""Training methods by name (used by configs and the CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from bastion.train.gaussian_noise import GaussianNoise
+from bastion.train.pgd_at import PGDAT
+from bastion.train.standard import Standard
+
+METHODS: dict[str, type] = {
+    "standard": Standard,
+    "gaussian-noise": GaussianNoise,
+    "pgd-at": PGDAT,
+}
+
+
+def build_method(name: str, **kwargs: Any) -> Any:
+    """Instantiate the method ``name`` with keyword arguments, checking both early."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid choices: {', '.join(sorted(METHODS))}")
+    cls = METHODS[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(kwargs) - fields
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {sorted(unknown)} for method {name!r}; valid: {sorted(fields)}"
+        )
+    return cls(**kwargs)
