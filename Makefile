@@ -1,7 +1,7 @@
 # Two entry points do all set-up on a fresh machine: `make demo` and `make test`.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
-DATA    := .cache/bastion/data/fashion-mnist/.ok
+
 
 .PHONY: demo test install data lint clean
 

@@ -141,17 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="attack a trained run on its test set", formatter_class=fmt)
     e.add_argument("run_dir", help="run folder written by 'bastion train'")
-    e.add_argument("--attack", default="pgd", choices=ATTACKS)
+    e.add_argument("--attack", default="pgd", choices=ATTACKS, help="attack to run")
     e.add_argument("--eps", type=float, default=0.1, help="radius in [0, 1] pixel units")
-    e.add_argument("--norm", default="linf", choices=("linf", "l2"))
-    e.add_argument("--steps", type=int, default=20)
+    e.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat-model norm")
+    e.add_argument("--steps", type=int, default=20, help="PGD steps")
     e.add_argument("--step-size", type=float, default=None, help="default 2.5*eps/steps")
-    e.add_argument("--restarts", type=int, default=1)
-    e.add_argument("--objective", default="ce", choices=("ce", "margin", "dlr"))
+    e.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
+    e.add_argument("--objective", default="ce", choices=("ce", "margin", "dlr"),
+                   help="loss the attack maximises")
     e.add_argument("--n", type=int, default=1000, help="first n test images")
-    e.add_argument("--checkpoint", default="last", choices=("last", "best"))
-    e.add_argument("--batch-size", type=int, default=250)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--checkpoint", default="last", choices=("last", "best"),
+                   help="end-of-training or best-robust checkpoint")
+    e.add_argument("--batch-size", type=int, default=250, help="images per attack batch")
+    e.add_argument("--seed", type=int, default=0, help="seed of the random starts")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="PGD-AT on Fashion-MNIST, then PGD-20 evaluation",

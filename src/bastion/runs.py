@@ -33,11 +33,33 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"``: the current accelerator if there is one, else the CPU; or an explicit name."""
+    """``"auto"``: the current accelerator if there is one, else the CPU; or an explicit name.
+
+    Under ``torchrun`` the accelerator index is the process's ``LOCAL_RANK``.
+    """
     if name == "auto":
         acc = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
-        return acc if acc is not None else torch.device("cpu")
+        if acc is None:
+            return torch.device("cpu")
+        return torch.device(acc.type, int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1).
+
+    The backend is the default for the device (gloo on CPU, nccl on NVIDIA GPUs). Returns
+    whether a process group is active. Does nothing when one is already initialised.
+    """
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        if device.type != "cpu":
+            torch.accelerator.set_device_index(device.index or 0)
+        dist.init_process_group(dist.get_default_backend_for_device(device))
+    return True
 
 
 def model_metadata(cfg: TrainConfig, num_classes: int, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -104,6 +126,7 @@ def train_from_config(
         train = train.subset(cfg.train_subset)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    init_distributed(device)
     model = build(
         cfg.model,
         num_classes=train.num_classes,

@@ -1,0 +1,139 @@
+"""CLI and run folders end to end on the tiny digits set, and bad input everywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bastion.cli import main
+from bastion.config import TrainConfig, from_dict, load_config
+from bastion.runs import load_model
+
+TINY = {
+    "dataset": "digits", "model": "mlp", "model_options": {"hidden": [32]},
+    "method": "pgd-at", "method_options": {"eps": 0.1, "steps": 2},
+    "epochs": 2, "batch_size": 50, "optim": {"lr": 0.1},
+    "eval": {"eps": 0.1, "steps": 2, "n_test": 100},
+}
+
+
+@pytest.fixture
+def recipe(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+@pytest.fixture
+def run_dir(tmp_path, recipe) -> Path:
+    out = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(out)]) == 0
+    return out
+
+
+def test_train_eval_and_load_model(run_dir, capsys):
+    for name in ("config.yaml", "model.json", "history.jsonl", "checkpoints/last.json"):
+        assert (run_dir / name).exists(), name
+    assert main(["eval", str(run_dir), "--eps", "0.1", "--steps", "5", "--n", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "robust accuracy" in out and "clean accuracy" in out
+    records = list((run_dir / "eval").glob("*.json"))
+    assert len(records) == 1
+    data = json.loads(records[0].read_text())
+    assert data["record"] == "EvalResult" and len(data["labels"]["data"]) == 100
+    model = load_model(run_dir)
+    assert not model.training
+    assert type(model[0]).__name__ == "Normalize"
+    x = torch.rand(3, 1, 8, 8)
+    assert model(x).shape == (3, 10)
+
+
+def test_torchattacks_interop(run_dir):
+    torchattacks = pytest.importorskip("torchattacks")
+    from bastion.data import load_dataset
+
+    test = load_dataset("digits", "test")
+    model = load_model(run_dir)
+    atk = torchattacks.PGD(model, eps=0.1, alpha=0.02, steps=5)
+    x_adv = atk(test.images[:20], test.labels[:20])
+    assert (x_adv - test.images[:20]).abs().max() <= 0.1 + 1e-6
+
+
+def test_resume_refuses_a_different_config(run_dir, recipe, capsys):
+    code = main(["train", str(recipe), "--out", str(run_dir), "--set", "optim.lr=0.5"])
+    assert code == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_help_lists_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert "--eps" in out and "default: 0.1" in out and "default: 20" in out
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("method=pgdat", "unknown method 'pgdat'; valid choices:"),
+        ("model=resnet9000", "unknown model 'resnet9000'; valid names:"),
+        ("dataset=imagenet", "is not one of"),
+        ("optm.lr=0.1", "unknown key(s) ['optm']"),
+        ("epochs=ten", "expected an integer"),
+        ("method_options.epsilon=0.1", "unknown option(s) ['epsilon']"),
+        ("method_options.eps=-0.1", "eps must be >= 0"),
+        ("method_options.eps=8", "larger than"),
+    ],
+)
+def test_bad_config_errors(recipe, tmp_path, capsys, override, message):
+    code = main(["train", str(recipe), "--out", str(tmp_path / "x"), "--set", override])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_eval_inputs(run_dir, tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", str(run_dir), "--eps", "-1"]) == 2
+    assert "eps must be >= 0" in capsys.readouterr().err
+    assert main(["eval", str(run_dir), "--n", "100000"]) == 2
+    assert "n must be in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", str(run_dir), "--attack", "deepfool"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_checkpoint_with_another_architecture_is_refused(run_dir):
+    meta = json.loads((run_dir / "model.json").read_text())
+    meta["build"]["hidden"] = [16]
+    (run_dir / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not fit|mismatch|shape"):
+        load_model(run_dir)
+
+
+def test_missing_config_file():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config("no/such/file.yaml")
+
+
+def test_shipped_recipes_parse():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    recipes = sorted(root.glob("*.yaml"))
+    assert {"standard.yaml", "pgd-at.yaml"} <= {p.name for p in recipes}
+    for path in recipes:
+        cfg = load_config(path)
+        assert isinstance(cfg, TrainConfig)
+        from bastion.train import build_method
+
+        build_method(cfg.method, **cfg.method_options)
+
+
+def test_config_round_trip():
+    from bastion.config import dump_config
+
+    cfg = from_dict(TrainConfig, TINY)
+    assert from_dict(TrainConfig, yaml.safe_load(dump_config(cfg))) == cfg
