@@ -29,6 +29,7 @@ FAST_KWARGS: dict[str, dict[str, object]] = {
     "lenet": {},
     "preact-resnet18": {"width": 8},
     "wide-resnet": {"depth": 10, "widen_factor": 1},
+    "mlp": {"hidden": (16,)},
 }
 
 
