@@ -56,6 +56,7 @@ def test_fast_kwargs_cover_registry() -> None:
             "lenet",
             "preact-resnet18",
             "wide-resnet",
+            "mlp",
         }
     )
 
