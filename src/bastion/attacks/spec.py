@@ -14,8 +14,8 @@ from bastion.attacks.objectives import OBJECTIVES, Objective
 from bastion.attacks.pgd import ATTACK_NORMS, fgsm, pgd
 from bastion.types import Norm
 
-AttackName = Literal["pgd", "fgsm"]
-ATTACKS: tuple[str, ...] = ("pgd", "fgsm")
+AttackName = Literal["pgd", "fgsm", "apgd-ce", "apgd-t", "autoattack"]
+ATTACKS: tuple[str, ...] = ("pgd", "fgsm", "apgd-ce", "apgd-t", "autoattack")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,10 +23,11 @@ class AttackSpec:
     """Settings of an evaluation attack; ``repr`` is the log line.
 
     Args:
-        name: ``"pgd"`` or ``"fgsm"``.
+        name: ``"pgd"``, ``"fgsm"``, or torchattacks' ``"apgd-ce"``, ``"apgd-t"`` and
+            ``"autoattack"`` (standard ensemble) through ``autoattack.py``.
         eps: radius in [0, 1] pixel units.
         norm: ``"linf"`` or ``"l2"``.
-        steps: PGD steps (ignored by FGSM).
+        steps: PGD / APGD steps (ignored by FGSM and the AutoAttack ensemble).
         step_size: PGD step length; None means ``2.5 * eps / steps``.
         restarts: random restarts (PGD).
         objective: ``"ce"``, ``"margin"`` or ``"dlr"``.
@@ -41,6 +42,7 @@ class AttackSpec:
     restarts: int = 1
     objective: Objective = "ce"
     random_init: bool = True
+    num_classes: int = 10
 
     def __post_init__(self) -> None:
         check_choice(self.name, ATTACKS, "attack")
@@ -60,6 +62,13 @@ class AttackSpec:
         """Attack the batch ``(x, y)``; keeps the strongest iterate per example."""
         if self.name == "fgsm":
             return fgsm(model, x, y, eps=self.eps, norm=self.norm, objective=self.objective)
+        if self.name in ("apgd-ce", "apgd-t", "autoattack"):
+            from bastion.attacks.autoattack import autoattack
+
+            seed = 0 if generator is None else int(generator.initial_seed())
+            version = "standard" if self.name == "autoattack" else self.name
+            return autoattack(model, x, y, eps=self.eps, norm=self.norm, version=version,
+                              num_classes=self.num_classes, steps=self.steps, seed=seed)
         return pgd(
             model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
             step_size=self.step_size, random_init=self.random_init, objective=self.objective,
