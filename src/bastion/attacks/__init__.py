@@ -1,6 +1,7 @@
 """One attack engine (PGD) and its special cases; see ``pgd.py``."""
 
 from bastion.attacks.core import AttackResult, perturbation_norm
+from bastion.attacks.minimal import MinimalResult, fmn, minimal_eps_by_bisection
 from bastion.attacks.objectives import OBJECTIVES, Objective
 from bastion.attacks.pgd import ATTACK_NORMS, fgsm, model_mode, pgd, unwrap
 
@@ -8,8 +9,11 @@ __all__ = [
     "ATTACK_NORMS",
     "OBJECTIVES",
     "AttackResult",
+    "MinimalResult",
     "Objective",
     "fgsm",
+    "fmn",
+    "minimal_eps_by_bisection",
     "model_mode",
     "perturbation_norm",
     "pgd",

@@ -1,10 +1,18 @@
 """Training: one loop (``fit``) and methods as small objects."""
 
+from bastion.train.cat import CAT
+from bastion.train.consistency import Consistency
+from bastion.train.cure import CURE
+from bastion.train.fat import FAT
 from bastion.train.gaussian_noise import GaussianNoise
 from bastion.train.loop import EvalPlan, History, fit
 from bastion.train.pgd_at import PGDAT
+from bastion.train.regenerate import RegeneratedAT
 from bastion.train.registry import METHODS, build_method
 from bastion.train.standard import Standard
+from bastion.train.tla import TLA
+from bastion.train.trades import TRADES
 
 __all__ = ["METHODS", "EvalPlan", "GaussianNoise", "History", "PGDAT", "Standard",
-           "build_method", "fit"]
+           "build_method", "fit", "TRADES", "CURE", "TLA", "Consistency",
+           "FAT", "CAT", "RegeneratedAT"]

@@ -5,14 +5,28 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from bastion.train.cat import CAT
+from bastion.train.consistency import Consistency
+from bastion.train.cure import CURE
+from bastion.train.fat import FAT
 from bastion.train.gaussian_noise import GaussianNoise
 from bastion.train.pgd_at import PGDAT
+from bastion.train.regenerate import RegeneratedAT
 from bastion.train.standard import Standard
+from bastion.train.tla import TLA
+from bastion.train.trades import TRADES
 
 METHODS: dict[str, type] = {
     "standard": Standard,
     "gaussian-noise": GaussianNoise,
     "pgd-at": PGDAT,
+    "trades": TRADES,
+    "cure": CURE,
+    "tla": TLA,
+    "consistency": Consistency,
+    "fat": FAT,
+    "cat": CAT,
+    "regenerate": RegeneratedAT,
 }
 
 

@@ -1,0 +1,39 @@
+"""Reusable training losses and regularisers (one algorithm per file).
+
+The training methods in ``bastion.train`` compose these with the attack engine.
+"""
+
+from bastion.losses.consistency import js_divergence
+from bastion.losses.cure import (
+    DIRECTIONS,
+    Direction,
+    curvature_direction,
+    curvature_penalty,
+    input_gradient,
+    per_example_ce,
+)
+from bastion.losses.tla import (
+    angular_distance,
+    embedding_norm_penalty,
+    hardest_negatives,
+    pairwise_angular_distance,
+    triplet_loss,
+)
+from bastion.losses.trades import trades_kl, trades_loss
+
+__all__ = [
+    "DIRECTIONS",
+    "Direction",
+    "angular_distance",
+    "curvature_direction",
+    "curvature_penalty",
+    "embedding_norm_penalty",
+    "hardest_negatives",
+    "input_gradient",
+    "js_divergence",
+    "pairwise_angular_distance",
+    "per_example_ce",
+    "trades_kl",
+    "trades_loss",
+    "triplet_loss",
+]

@@ -1,0 +1,207 @@
+"""The seed's general AT algorithm: D_adv regeneration, batch composition, checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bastion.attacks import perturbation_norm
+from bastion.models import build
+from bastion.train import EvalPlan, RegeneratedAT, build_method, fit
+from bastion.train.checkpoint import checkpoint_dir, load_train_state
+from bastion.train.state_io import join_state, split_state
+from bastion.types import StepContext
+
+
+@dataclass
+class _Data:
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _data(n: int = 50) -> _Data:
+    g = torch.Generator().manual_seed(0)
+    return _Data(torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g))
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return build("mlp", num_classes=3, in_channels=1, input_size=8, hidden=(16,))
+
+
+class _Recorder(nn.Module):
+    """Wraps a model and keeps every batch it is called on."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.inner(x)
+
+
+@pytest.mark.parametrize(("fraction", "n"), [(0.3, 50), (0.25, 10), (1.0, 7), (0.01, 20)])
+def test_stored_set_size_ball_and_box(fraction, n):
+    data = _data(n)
+    m = RegeneratedAT(eps=0.1, steps=3, subset_fraction=fraction, attack_batch_size=4)
+    m.setup(n, "cpu")
+    m.on_epoch_start(0, _model(), data, torch.Generator().manual_seed(0))
+    idx, adv = m.stored_index, m.stored_examples
+    assert idx.numel() == max(1, round(fraction * n)) == adv.shape[0]
+    assert idx.unique().numel() == idx.numel() and (idx >= 0).all() and (idx < n).all()
+    delta = adv - data.images[idx]
+    assert (perturbation_norm(delta, "linf") <= 0.1 + 1e-6).all()
+    assert float(adv.min()) >= 0 and float(adv.max()) <= 1
+    assert float(delta.abs().max()) > 0.05  # really attacked
+
+
+def test_regenerated_only_every_n_epochs_with_fresh_subsets():
+    data = _data(40)
+    model = _model()
+    m = RegeneratedAT(eps=0.1, steps=2, subset_fraction=0.5, regenerate_every=3)
+    m.setup(40, "cpu")
+    g = torch.Generator().manual_seed(0)
+    snapshots = []
+    for epoch in range(7):
+        m.on_epoch_start(epoch, model, data, g)
+        snapshots.append((m.generated_at, m.stored_index.clone(), m.stored_examples.clone()))
+    assert [s[0] for s in snapshots] == [0, 0, 0, 3, 3, 3, 6]
+    for a, b in [(0, 1), (0, 2), (3, 4), (3, 5)]:
+        assert torch.equal(snapshots[a][1], snapshots[b][1])
+        assert torch.equal(snapshots[a][2], snapshots[b][2])
+    assert not torch.equal(snapshots[0][1], snapshots[3][1])  # a new D' each time
+    assert not torch.equal(snapshots[3][1], snapshots[6][1])
+
+
+def test_batch_is_clean_points_plus_their_stored_adversarial_versions():
+    data = _data(30)
+    inner = _model()
+    m = RegeneratedAT(eps=0.1, steps=2, subset_fraction=0.4)
+    m.setup(30, "cpu")
+    m.on_epoch_start(0, inner, data, torch.Generator().manual_seed(0))
+    stored = set(m.stored_index.tolist())
+    index = torch.tensor([0, 3, 5, 8, 13, 21, 29, 17])
+    with_adv = [i for i in index.tolist() if i in stored]
+    assert 0 < len(with_adv) < len(index)
+    rec = _Recorder(inner)
+    x, y = data.images[index], data.labels[index]
+    out = m(rec, x, y, ctx=StepContext(index=index))
+    (batch,) = rec.seen
+    pos = {i: k for k, i in enumerate(m.stored_index.tolist())}
+    want_adv = torch.stack([m.stored_examples[pos[i]] for i in with_adv])
+    assert torch.equal(batch, torch.cat([x, want_adv]))
+    ys = torch.cat([y, data.labels[torch.tensor(with_adv)]])
+    torch.testing.assert_close(out.loss, F.cross_entropy(inner(batch), ys))
+    assert out.logs["adv_frac"] == pytest.approx(len(with_adv) / (len(index) + len(with_adv)))
+    # keep_clean=False: D_adv ∪ (D \ D'), each point once, adversarial where stored
+    m2 = RegeneratedAT(eps=0.1, steps=2, subset_fraction=0.4, keep_clean=False)
+    m2.setup(30, "cpu")
+    m2.load_state_dict(m.state_dict())
+    rec2 = _Recorder(inner)
+    m2(rec2, x, y, ctx=StepContext(index=index))
+    keep = torch.tensor([i not in stored for i in index.tolist()])
+    assert torch.equal(rec2.seen[0], torch.cat([x[keep], want_adv]))
+
+
+def test_an_epoch_sees_every_clean_and_every_stored_example_once():
+    data = _data(24)
+    inner = _model()
+    m = RegeneratedAT(eps=0.1, steps=2, subset_fraction=0.5)
+    m.setup(24, "cpu")
+    m.on_epoch_start(0, inner, data, torch.Generator().manual_seed(0))
+    rec = _Recorder(inner)
+    order = torch.randperm(24, generator=torch.Generator().manual_seed(5))
+    for step in range(3):
+        idx = order[step * 8 : (step + 1) * 8]
+        m(rec, data.images[idx], data.labels[idx], ctx=StepContext(index=idx))
+    seen = torch.cat(rec.seen).flatten(1)
+    everything = torch.cat([data.images, m.stored_examples]).flatten(1)
+    assert seen.shape[0] == 24 + 12
+    # every row of ``everything`` appears in ``seen`` exactly once
+    matches = (seen[:, None, :] == everything[None, :, :]).all(-1)
+    assert torch.equal(matches.sum(0), torch.ones(36, dtype=torch.long))
+
+
+def test_before_any_generation_it_is_clean_training():
+    data = _data(10)
+    model = _model()
+    m = RegeneratedAT()
+    m.setup(10, "cpu")
+    out = m(model, data.images, data.labels, ctx=StepContext(index=torch.arange(10)))
+    torch.testing.assert_close(out.loss, F.cross_entropy(model(data.images), data.labels))
+    assert out.logs["adv_frac"] == 0.0
+
+
+def test_state_round_trip_and_resume_through_fit(tmp_path):
+    data = _data(64)
+    m = RegeneratedAT(eps=0.1, steps=2, subset_fraction=0.25)
+    m.setup(64, "cpu")
+    m.on_epoch_start(0, _model(), data, torch.Generator().manual_seed(0))
+    skeleton, tensors = split_state(m.state_dict())
+    other = RegeneratedAT(eps=0.1, steps=2, subset_fraction=0.25)
+    other.setup(64, "cpu")
+    other.load_state_dict(join_state(skeleton, tensors))
+    assert torch.equal(other.stored_index, m.stored_index)
+    assert torch.equal(other.stored_examples, m.stored_examples) and other.generated_at == 0
+    with pytest.raises(ValueError, match="64 training points"):
+        wrong = RegeneratedAT()
+        wrong.setup(65, "cpu")
+        wrong.load_state_dict(m.state_dict())
+    # through fit: every 2 epochs; the checkpoint of epoch 2 holds epoch 0's D_adv
+    model = _model()
+    method = RegeneratedAT(eps=0.1, steps=2, subset_fraction=0.25, regenerate_every=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    hist = fit(model, method, data, opt, epochs=2, batch_size=16, run_dir=tmp_path,
+               eval_data=data, eval_plan=EvalPlan(n_test=16))
+    state = load_train_state(checkpoint_dir(tmp_path, "last"))["method"]
+    assert state["epoch"] == 0 and torch.equal(state["index"], method.stored_index)
+    assert torch.equal(state["x_adv"], method.stored_examples)
+    assert all(0 < e["train_adv_frac"] < 0.5 for e in hist.epochs)
+    resumed = RegeneratedAT(eps=0.1, steps=2, subset_fraction=0.25, regenerate_every=2)
+    fit(model, resumed, data, opt, epochs=3, batch_size=16, run_dir=tmp_path)
+    assert resumed.generated_at == 2  # epoch 3 (0-based 2) regenerates
+
+
+def test_options_are_validated_and_ctx_is_required():
+    with pytest.raises(ValueError, match="subset_fraction"):
+        RegeneratedAT(subset_fraction=0.0)
+    with pytest.raises(ValueError, match="subset_fraction"):
+        RegeneratedAT(subset_fraction=1.5)
+    with pytest.raises(ValueError, match="regenerate_every"):
+        RegeneratedAT(regenerate_every=0)
+    with pytest.raises(ValueError, match="valid choices"):
+        RegeneratedAT(norm="l0")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="eps"):
+        RegeneratedAT(eps=1.5)
+    assert isinstance(build_method("regenerate", subset_fraction=0.2), RegeneratedAT)
+    data = _data(10)
+    m = RegeneratedAT(subset_fraction=0.5, steps=1)
+    m.setup(10, "cpu")
+    m.on_epoch_start(0, _model(), data, None)
+    with pytest.raises(ValueError, match="ctx.index"):
+        m(_model(), data.images, data.labels)
+
+
+def test_mode_restored_and_grads_reach_params():
+    data = _data(16)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                          nn.Dropout(0.2), nn.Linear(16, 3)).train()
+    m = RegeneratedAT(eps=0.1, steps=2, subset_fraction=0.5)
+    m.setup(16, "cpu")
+    m.on_epoch_start(0, model, data, torch.Generator().manual_seed(0))
+    assert all(mod.training for mod in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    out = m(model, data.images, data.labels, ctx=StepContext(index=torch.arange(16)))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
