@@ -12,6 +12,13 @@ from bastion.losses.cure import (
     input_gradient,
     per_example_ce,
 )
+from bastion.losses.macer import (
+    MacerTerms,
+    macer_loss,
+    normal_icdf,
+    soft_radius,
+    soft_smoothed_probs,
+)
 from bastion.losses.tla import (
     angular_distance,
     embedding_norm_penalty,
@@ -24,6 +31,7 @@ from bastion.losses.trades import trades_kl, trades_loss
 __all__ = [
     "DIRECTIONS",
     "Direction",
+    "MacerTerms",
     "angular_distance",
     "curvature_direction",
     "curvature_penalty",
@@ -31,8 +39,12 @@ __all__ = [
     "hardest_negatives",
     "input_gradient",
     "js_divergence",
+    "macer_loss",
+    "normal_icdf",
     "pairwise_angular_distance",
     "per_example_ce",
+    "soft_radius",
+    "soft_smoothed_probs",
     "trades_kl",
     "trades_loss",
     "triplet_loss",

@@ -10,6 +10,7 @@ from bastion.train.consistency import Consistency
 from bastion.train.cure import CURE
 from bastion.train.fat import FAT
 from bastion.train.gaussian_noise import GaussianNoise
+from bastion.train.macer import MACER
 from bastion.train.pgd_at import PGDAT
 from bastion.train.regenerate import RegeneratedAT
 from bastion.train.standard import Standard
@@ -27,6 +28,7 @@ METHODS: dict[str, type] = {
     "fat": FAT,
     "cat": CAT,
     "regenerate": RegeneratedAT,
+    "macer": MACER,
 }
 
 
