@@ -4,8 +4,9 @@ from bastion.train.cat import CAT
 from bastion.train.consistency import Consistency
 from bastion.train.cure import CURE
 from bastion.train.fat import FAT
-from bastion.train.gaussian_noise import GaussianNoise
+from bastion.train.gaussian_noise import GaussianNoise, NoiseAugmentation
 from bastion.train.loop import EvalPlan, History, fit
+from bastion.train.macer import MACER
 from bastion.train.pgd_at import PGDAT
 from bastion.train.regenerate import RegeneratedAT
 from bastion.train.registry import METHODS, build_method
@@ -15,4 +16,4 @@ from bastion.train.trades import TRADES
 
 __all__ = ["METHODS", "EvalPlan", "GaussianNoise", "History", "PGDAT", "Standard",
            "build_method", "fit", "TRADES", "CURE", "TLA", "Consistency",
-           "FAT", "CAT", "RegeneratedAT"]
+           "FAT", "CAT", "RegeneratedAT", "MACER", "NoiseAugmentation"]

@@ -9,7 +9,7 @@ from bastion.train.cat import CAT
 from bastion.train.consistency import Consistency
 from bastion.train.cure import CURE
 from bastion.train.fat import FAT
-from bastion.train.gaussian_noise import GaussianNoise
+from bastion.train.gaussian_noise import GaussianNoise, NoiseAugmentation
 from bastion.train.macer import MACER
 from bastion.train.pgd_at import PGDAT
 from bastion.train.regenerate import RegeneratedAT
@@ -20,6 +20,7 @@ from bastion.train.trades import TRADES
 METHODS: dict[str, type] = {
     "standard": Standard,
     "gaussian-noise": GaussianNoise,
+    "noise-augment": NoiseAugmentation,
     "pgd-at": PGDAT,
     "trades": TRADES,
     "cure": CURE,
