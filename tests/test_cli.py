@@ -137,3 +137,17 @@ def test_config_round_trip():
 
     cfg = from_dict(TrainConfig, TINY)
     assert from_dict(TrainConfig, yaml.safe_load(dump_config(cfg))) == cfg
+
+
+def test_init_from_loads_the_weights_of_another_run(run_dir, tmp_path):
+    cfg = {**TINY, "epochs": 1, "optim": {"lr": 0.0, "weight_decay": 0.0},
+           "init_from": str(run_dir)}
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path), "--out", str(tmp_path / "ft")]) == 0
+    a, b = load_model(run_dir), load_model(tmp_path / "ft")
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+    cfg["init_from"] = str(tmp_path / "missing")
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path), "--out", str(tmp_path / "ft2")]) == 2

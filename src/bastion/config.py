@@ -64,13 +64,19 @@ class EvalConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Everything a ``bastion train`` run needs; ``repr`` is the log line."""
+    """Everything a ``bastion train`` run needs; ``repr`` is the log line.
+
+    ``init_from`` names a finished run folder whose last checkpoint initialises the model
+    (fine-tuning, e.g. MACER from a Gaussian-trained base classifier); the architecture
+    must match.
+    """
 
     dataset: Literal["fashion-mnist", "mnist", "cifar10", "digits"] = "fashion-mnist"
     data_dir: str | None = None
     train_subset: int | None = None
     model: str = "small-cnn"
     model_options: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
     method: str = "standard"
     method_options: dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)

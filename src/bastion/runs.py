@@ -135,6 +135,12 @@ def train_from_config(
         dataset=cfg.dataset,
         **cfg.model_options,
     ).to(device)
+    if cfg.init_from is not None:
+        ckpt = checkpoint_dir(cfg.init_from, "last")
+        if ckpt is None:
+            raise FileNotFoundError(f"init_from: {cfg.init_from!r} has no finished checkpoint")
+        load_model_state(model, ckpt)
+        log.info("initialised the model from %s", ckpt)
     cfg_text = dump_config(cfg)
     saved = run_dir / "config.yaml"
     resuming = resume and saved.exists() and checkpoint_dir(run_dir, "last") is not None
