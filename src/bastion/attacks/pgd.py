@@ -15,6 +15,7 @@ mode of every sub-module is restored.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -34,6 +35,24 @@ from bastion.types import Norm
 ATTACK_NORMS = ("linf", "l2")
 # A radius beyond which the ball covers the whole image box: linf 1, l2 sqrt(d) (checked per call).
 _MAX_LINF = 1.0
+
+
+def check_attack_options(
+    *, eps: float, norm: str, steps: int, step_size: float | None = None
+) -> None:
+    """Validate the inner-PGD settings of a training method (one place for all of them).
+
+    Raises ``ValueError`` for an unknown norm, a radius outside [0, 1] (L-inf) or negative,
+    ``steps`` that is not an int >= 1, or a ``step_size`` that is not finite and > 0.
+    """
+    check_choice(norm, ATTACK_NORMS, "norm")
+    check_radius(eps, "eps", upper=1.0 if norm == "linf" else None)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if step_size is not None and not (
+        isinstance(step_size, int | float) and math.isfinite(step_size) and step_size > 0
+    ):
+        raise ValueError(f"step_size must be a finite number > 0 or None, got {step_size!r}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion._validate import check_choice, check_radius
+from bastion._validate import check_choice
 from bastion.attacks.core import AttackResult
-from bastion.attacks.pgd import ATTACK_NORMS, pgd
+from bastion.attacks.pgd import check_attack_options, pgd
 from bastion.losses.consistency import js_divergence
 from bastion.train.standard import batch_accuracy
 from bastion.types import Norm, StepContext, StepOutput
@@ -136,15 +136,8 @@ class Consistency:
     attack_train_mode: bool = False
 
     def __post_init__(self) -> None:
-        check_choice(self.norm, ATTACK_NORMS, "norm")
-        check_radius(self.eps, "eps", upper=1.0 if self.norm == "linf" else None)
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
-        if self.step_size is not None and not (
-            math.isfinite(self.step_size) and self.step_size > 0
-        ):
-            raise ValueError(f"step_size must be a finite number > 0 or None, got "
-                             f"{self.step_size!r}")
+        check_attack_options(eps=self.eps, norm=self.norm, steps=self.steps,
+                             step_size=self.step_size)
         if not (isinstance(self.lambda_, int | float) and math.isfinite(self.lambda_)
                 and self.lambda_ >= 0):
             raise ValueError(f"lambda_ must be a finite number >= 0, got {self.lambda_!r}")

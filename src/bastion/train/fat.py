@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion._validate import check_choice, check_radius
+from bastion._validate import check_choice
 from bastion.attacks.core import clip_to_ball_and_box, perturbation_norm
 from bastion.attacks.minimal import fmn
-from bastion.attacks.pgd import ATTACK_NORMS, pgd
+from bastion.attacks.pgd import check_attack_options, pgd
 from bastion.train.standard import batch_accuracy
 from bastion.types import Norm, StepContext, StepOutput
 
@@ -91,15 +91,11 @@ class FAT:
     attack_train_mode: bool = False
 
     def __post_init__(self) -> None:
-        check_choice(self.norm, ATTACK_NORMS, "norm")
         check_choice(self.attack, FAT_ATTACKS, "FAT attack")
-        check_radius(self.eps, "eps", upper=1.0 if self.norm == "linf" else None)
+        check_attack_options(eps=self.eps, norm=self.norm, steps=self.steps,
+                             step_size=self.step_size)
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
-        if self.step_size is not None:
-            check_radius(self.step_size, "step_size")
         if not isinstance(self.tau, int) or self.tau < 0:
             raise ValueError(f"tau must be an int >= 0, got {self.tau!r}")
         if self.init_std is not None and not self.init_std > 0:

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion._validate import check_choice, check_radius
-from bastion.attacks.pgd import ATTACK_NORMS, pgd
+from bastion.attacks.pgd import check_attack_options, pgd
 from bastion.train.standard import batch_accuracy
 from bastion.types import Norm, StepContext, StepOutput
 
@@ -44,12 +43,10 @@ class PGDAT:
     attack_train_mode: bool = False
 
     def __post_init__(self) -> None:
-        check_choice(self.norm, ATTACK_NORMS, "norm")
-        check_radius(self.eps, "eps", upper=1.0 if self.norm == "linf" else None)
+        check_attack_options(eps=self.eps, norm=self.norm, steps=self.steps,
+                             step_size=self.step_size)
         if not 0.0 <= self.clean_weight <= 1.0:
             raise ValueError(f"clean_weight must be in [0, 1], got {self.clean_weight}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext | None = None

@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion._validate import check_choice, check_radius
-from bastion.attacks.pgd import ATTACK_NORMS, pgd, unwrap
+from bastion.attacks.pgd import check_attack_options, pgd, unwrap
 from bastion.train.standard import batch_accuracy
 from bastion.types import Norm, StepContext, StepOutput
 
@@ -84,14 +83,10 @@ class RegeneratedAT:
     _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_choice(self.norm, ATTACK_NORMS, "norm")
-        check_radius(self.eps, "eps", upper=1.0 if self.norm == "linf" else None)
+        check_attack_options(eps=self.eps, norm=self.norm, steps=self.steps,
+                             step_size=self.step_size)
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
-        if self.step_size is not None:
-            check_radius(self.step_size, "step_size")
         if not (math.isfinite(self.subset_fraction) and 0 < self.subset_fraction <= 1):
             raise ValueError(f"subset_fraction must be in (0, 1], got {self.subset_fraction}")
         if not isinstance(self.regenerate_every, int) or self.regenerate_every < 1:

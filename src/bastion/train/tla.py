@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion._validate import check_choice, check_radius
 from bastion.attacks.core import AttackResult
-from bastion.attacks.pgd import ATTACK_NORMS, pgd, unwrap
+from bastion.attacks.pgd import check_attack_options, pgd, unwrap
 from bastion.losses.tla import (
     angular_distance,
     embedding_norm_penalty,
@@ -164,15 +163,8 @@ class TLA:
     attack_train_mode: bool = False
 
     def __post_init__(self) -> None:
-        check_choice(self.norm, ATTACK_NORMS, "norm")
-        check_radius(self.eps, "eps", upper=1.0 if self.norm == "linf" else None)
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
-        if self.step_size is not None and not (
-            math.isfinite(self.step_size) and self.step_size > 0
-        ):
-            raise ValueError(f"step_size must be a finite number > 0 or None, got "
-                             f"{self.step_size!r}")
+        check_attack_options(eps=self.eps, norm=self.norm, steps=self.steps,
+                             step_size=self.step_size)
         for name in ("margin", "lambda_", "lambda_norm"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):

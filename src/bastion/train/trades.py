@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion._validate import check_choice, check_radius
 from bastion.attacks.core import AttackResult
-from bastion.attacks.pgd import ATTACK_NORMS, model_mode, pgd, unwrap
+from bastion.attacks.pgd import check_attack_options, model_mode, pgd, unwrap
 from bastion.losses.trades import trades_kl
 from bastion.train.standard import batch_accuracy
 from bastion.types import Norm, StepContext, StepOutput
@@ -69,15 +68,8 @@ class TRADES:
         if not (isinstance(self.beta, int | float) and math.isfinite(self.beta)
                 and self.beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
-        check_choice(self.norm, ATTACK_NORMS, "norm")
-        check_radius(self.eps, "eps", upper=1.0 if self.norm == "linf" else None)
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
-        if self.step_size is not None and not (
-            math.isfinite(self.step_size) and self.step_size > 0
-        ):
-            raise ValueError(f"step_size must be a finite number > 0 or None, got "
-                             f"{self.step_size!r}")
+        check_attack_options(eps=self.eps, norm=self.norm, steps=self.steps,
+                             step_size=self.step_size)
         if not (math.isfinite(self.init_std) and self.init_std >= 0):
             raise ValueError(f"init_std must be a finite number >= 0, got {self.init_std!r}")
 
