@@ -136,7 +136,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """PGD-AT small-cnn on Fashion-MNIST, then PGD-20 at eps 0.1 on 1000 test images."""
     recipe = Path(__file__).resolve().parents[2] / "configs" / "pgd-at.yaml"
     out = Path(args.out)
-    overrides = ["epochs=3", "method_options.steps=5", "eval.steps=5", "eval.n_test=500"]
+    # the recipe at a demo budget: 2 epochs, PGD-5 inner attack, PGD-5 per-epoch check
+    overrides = ["epochs=2", "method_options.steps=5", "eval.steps=5", "eval.n_test=500"]
     ns = argparse.Namespace(config=str(recipe), set=overrides, out=str(out),
                             no_resume=False)
     cmd_train(ns)
