@@ -4,7 +4,7 @@
 # fine-tuned from the Gaussian-0.25 model), certifies each on every 50th test image
 # (200 inputs) with n0 = 100, n = 10,000, alpha = 0.001, then Cohen's full n = 100,000 on
 # 100 inputs (every 100th) for Gaussian-0.25. Every step resumes where it stopped.
-# Budget knobs (env): EPOCHS (default 4), MACER_SUBSET (default 15000), MACER_EPOCHS (2).
+# Budget knobs (env): EPOCHS (default 4), MACER_SUBSET (default 10000), MACER_EPOCHS (1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=.venv/bin/bastion
@@ -16,12 +16,12 @@ for s in 0.12 0.25 0.50; do
     --out "$OUT/gaussian-$s" --set epochs=$E
 done
 /usr/bin/time -f "train macer-0.25: %e s" $B train configs/macer-0.25.yaml --out "$OUT/macer-0.25" \
-  --set init_from="$OUT/gaussian-0.25" --set epochs=${MACER_EPOCHS:-2} \
-  --set train_subset=${MACER_SUBSET:-15000}
+  --set init_from="$OUT/gaussian-0.25" --set epochs=${MACER_EPOCHS:-1} \
+  --set train_subset=${MACER_SUBSET:-10000}
 for run in gaussian-0.12:0.12 gaussian-0.25:0.25 gaussian-0.50:0.50 macer-0.25:0.25; do
   name=${run%%:*}; sigma=${run##*:}
   /usr/bin/time -f "certify $name n=10000: %e s" $B certify "$OUT/$name" --sigma "$sigma" \
-    --n0 100 --n 10000 --alpha 0.001 --n-inputs 200 --skip 50 \
+    --n0 100 --n 10000 --alpha 0.001 --n-inputs 100 --skip 100 \
     --out "$OUT/$name-n10000.jsonl"
 done
 /usr/bin/time -f "certify gaussian-0.25 n=100000: %e s" $B certify "$OUT/gaussian-0.25" \
