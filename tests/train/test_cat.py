@@ -51,8 +51,20 @@ def test_radius_grows_by_eta_while_the_attack_fails_up_to_eps_max():
     assert (method.epsilons <= torch.tensor(0.1)).all()  # float32 eps_max
 
 
-def test_radius_stays_when_the_attack_succeeds():
+def test_radius_falls_when_the_attack_succeeds():
     method = CAT(eps_max=0.1, eta=0.03, eps_init=0.05, c=3.0)
+    method.setup(8, "cpu")
+    model = _constant_model(favoured=0)
+    idx = torch.arange(8)
+    y = torch.ones(8, dtype=torch.int64)  # always classified wrongly
+    for visit, want in enumerate([0.02, 0.0, 0.0]):
+        out = method(model, _x(8), y, ctx=_ctx(idx, visit))
+        assert float(out.logs["attack_success"]) == 1.0
+        torch.testing.assert_close(method.epsilons, torch.full((8,), want))
+
+
+def test_radius_stays_when_the_attack_succeeds_without_decrease():
+    method = CAT(eps_max=0.1, eta=0.03, eps_init=0.05, c=3.0, decrease=False)
     method.setup(8, "cpu")
     model = _constant_model(favoured=0)
     idx = torch.arange(8)
@@ -85,13 +97,20 @@ def test_radius_tracks_the_distance_to_the_boundary_on_an_affine_model():
         rows = torch.arange(16)
         dist = (z[rows, y] - z[rows, 1 - y]) / (w[0] - w[1]).abs().sum()
     eta, eps_max = 0.01, 0.1
-    method = CAT(eps_max=eps_max, eta=eta, c=0.0, smoothing="none", steps=4)
+    method = CAT(eps_max=eps_max, eta=eta, c=0.0, smoothing="none", steps=4, decrease=False)
     method.setup(16, "cpu")
     for visit in range(15):  # the model is not trained here, only the radii move
         method(model, x, y, ctx=_ctx(torch.arange(16), visit))
     want = torch.clamp(torch.ceil(dist / eta - 1e-4) * eta - eta, max=eps_max)
     # eps_i is the last radius at which the attack failed: the largest k*eta below dist
     torch.testing.assert_close(method.epsilons, want.clamp(min=0), atol=1e-5, rtol=0)
+    # the default up/down staircase oscillates within one eta below that radius
+    stair = CAT(eps_max=eps_max, eta=eta, c=0.0, smoothing="none", steps=4)
+    stair.setup(16, "cpu")
+    for visit in range(15):
+        stair(model, x, y, ctx=_ctx(torch.arange(16), visit))
+    gap = want.clamp(min=0) - stair.epsilons
+    assert (gap >= -1e-5).all() and (gap <= eta + 1e-5).all()
 
 
 def test_loss_equals_hand_computed_label_smoothed_cross_entropy():
@@ -111,7 +130,7 @@ def test_loss_equals_hand_computed_label_smoothed_cross_entropy():
     soft_old = (1 - c * old[:, None]) * onehot + c * old[:, None] / 4
     r = pgd(model, x, soft_old, eps=trial, objective="kl", steps=steps,
             step_size=2.5 * trial / steps, random_init=False)
-    new = torch.where(r.success, old, trial)
+    new = torch.where(r.success, (old - eta).clamp(min=0), trial)
     soft_new = (1 - c * new[:, None]) * onehot + c * new[:, None] / 4
     want = -(soft_new * torch.log_softmax(model(r.x_adv), 1)).sum(1).mean()
     torch.testing.assert_close(out.loss, want)

@@ -74,9 +74,11 @@ class CAT:
     2. ``e_i = min(eps_i + eta, eps_max)``; ``x'_i`` = PGD on the soft-label cross-entropy
        (the engine's ``"kl"`` objective, the same gradient) in ``B(x_i, e_i)``, step
        ``step_size_ratio * e_i / steps``;
-    3. if the attack failed (the model still classifies x'_i correctly) ``eps_i <- e_i``,
-       else eps_i is kept: eps_i only grows, by ``eta`` per visit, while the model
-       withstands the attack, approaching the smallest radius that fools it;
+    3. if the attack failed (the model still classifies x'_i correctly) ``eps_i <- e_i``;
+       if it succeeded, ``eps_i <- max(eps_i - eta, 0)`` (``decrease=True``, the default:
+       an up/down staircase that tracks the smallest fooling radius even when the model
+       becomes less robust later) or eps_i is kept (``decrease=False``, the public
+       implementations' rule: eps_i only grows);
     4. loss ``= mean_i CE(softmax(f(x'_i)), y~_i)``, with y~ recomputed from the updated
        eps_i (a fresh Dirichlet draw).
 
@@ -113,6 +115,7 @@ class CAT:
         steps: PGD steps.
         step_size_ratio: PGD step is ``step_size_ratio * e_i / steps`` per example.
         random_init: PGD random start (the public implementations start at x).
+        decrease: lower eps_i by ``eta`` when the attack succeeds (else keep it).
         attack_train_mode: attack with the model in train mode (default eval, restored).
     """
 
@@ -125,6 +128,7 @@ class CAT:
     steps: int = 10
     step_size_ratio: float = 2.5
     random_init: bool = False
+    decrease: bool = True
     attack_train_mode: bool = False
     _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -215,7 +219,8 @@ class CAT:
             step_size=self.step_size_ratio * trial / self.steps, random_init=self.random_init,
             objective=objective, train_mode=self.attack_train_mode, generator=gen,
         )
-        eps_new = torch.where(r.success, eps_old, trial).clamp(0.0, self.eps_max)
+        lowered = (eps_old - self.eta).clamp(min=0.0) if self.decrease else eps_old
+        eps_new = torch.where(r.success, lowered, trial).clamp(0.0, self.eps_max)
         store[idx] = eps_new.to(device=store.device, dtype=store.dtype)
         logits = model(r.x_adv)
         soft = smoothed_labels(y, eps_new, num_classes=num_classes, c=self.c,
