@@ -24,6 +24,11 @@ for run in gaussian-0.12:0.12 gaussian-0.25:0.25 gaussian-0.50:0.50 macer-0.25:0
     --n0 100 --n 10000 --alpha 0.001 --n-inputs 100 --skip 100 \
     --out "$OUT/$name-n10000.jsonl"
 done
+# the sequential fixed-radius test on the same inputs (same seed, n as the most draws)
+for r in 0.25 0.5; do
+  .venv/bin/python benchmarks/sequential_vs_fixed.py "$OUT/gaussian-0.25" \
+    "$OUT/gaussian-0.25-n10000.jsonl" --sigma 0.25 --radius $r > "$OUT/sequential-r$r.json"
+done
 /usr/bin/time -f "certify gaussian-0.25 n=100000: %e s" $B certify "$OUT/gaussian-0.25" \
   --sigma 0.25 --n0 100 --n 100000 --alpha 0.001 --n-inputs 100 --skip 100 \
   --out "$OUT/gaussian-0.25-n100000.jsonl" \
