@@ -151,3 +151,13 @@ def test_init_from_loads_the_weights_of_another_run(run_dir, tmp_path):
     cfg["init_from"] = str(tmp_path / "missing")
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", str(path), "--out", str(tmp_path / "ft2")]) == 2
+
+
+def test_demo_command_trains_then_evaluates(recipe, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--recipe", str(recipe), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "robust accuracy (pgd-20, linf eps 0.1)" in text and str(out) in text
+    hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert len(hist) == 2  # the demo budget overrides the recipe's epochs
+    assert "method_options:\n  eps: 0.1\n  steps: 5" in (out / "config.yaml").read_text()

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from bastion.attacks.spec import ATTACKS, AttackSpec
 from bastion.config import load_config
+from bastion.data import load_dataset
 from bastion.runs import evaluate_run, load_config_of, train_from_config
 
 DEFAULT_RUNS = Path("runs")
@@ -132,19 +133,23 @@ def cmd_certify(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "pgd-at.yaml"
+# the recipe at a demo budget: 2 epochs, PGD-5 inner attack, PGD-5 per-epoch check
+DEMO_OVERRIDES = ["epochs=2", "method_options.steps=5", "eval.steps=5", "eval.n_test=500"]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """PGD-AT small-cnn on Fashion-MNIST, then PGD-20 at eps 0.1 on 1000 test images."""
-    recipe = Path(__file__).resolve().parents[2] / "configs" / "pgd-at.yaml"
     out = Path(args.out)
-    # the recipe at a demo budget: 2 epochs, PGD-5 inner attack, PGD-5 per-epoch check
-    overrides = ["epochs=2", "method_options.steps=5", "eval.steps=5", "eval.n_test=500"]
-    ns = argparse.Namespace(config=str(recipe), set=overrides, out=str(out),
-                            no_resume=False)
+    ns = argparse.Namespace(config=str(args.recipe), set=DEMO_OVERRIDES + args.set,
+                            out=str(out), no_resume=False)
     cmd_train(ns)
     cfg = load_config_of(out)
-    ev = argparse.Namespace(run_dir=str(out), attack="pgd", eps=cfg.method_options.get("eps", 0.1),
-                            norm="linf", steps=20, step_size=None, restarts=1, objective="ce",
-                            n=1000, checkpoint="last", batch_size=250, seed=0)
+    n_test = len(load_dataset(cfg.dataset, "test", cfg.data_dir))
+    ev = argparse.Namespace(run_dir=str(out), attack="pgd", eps=cfg.eval.eps,
+                            norm=cfg.eval.norm, steps=20, step_size=None, restarts=1,
+                            objective="ce", n=min(1000, n_test), checkpoint="last",
+                            batch_size=250, seed=0)
     return cmd_eval(ev)
 
 
@@ -226,7 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="PGD-AT on Fashion-MNIST, then PGD-20 evaluation",
                        formatter_class=fmt)
-    d.add_argument("--out", default=str(DEFAULT_RUNS / "demo-pgd-at"))
+    d.add_argument("--out", default=str(DEFAULT_RUNS / "demo-pgd-at"), help="run folder")
+    d.add_argument("--recipe", default=str(DEMO_RECIPE), help="recipe to train")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides")
     d.set_defaults(func=cmd_demo)
     return p
 
