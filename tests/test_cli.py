@@ -161,3 +161,11 @@ def test_demo_command_trains_then_evaluates(recipe, tmp_path, capsys):
     hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert len(hist) == 2  # the demo budget overrides the recipe's epochs
     assert "method_options:\n  eps: 0.1\n  steps: 5" in (out / "config.yaml").read_text()
+
+
+def test_resume_accepts_a_config_saved_before_a_new_default_key(run_dir, recipe, capsys):
+    saved = run_dir / "config.yaml"
+    data = yaml.safe_load(saved.read_text())
+    del data["init_from"]  # as written by a version without this key
+    saved.write_text(yaml.safe_dump(data))
+    assert main(["train", str(recipe), "--out", str(run_dir)]) == 0

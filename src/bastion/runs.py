@@ -144,7 +144,9 @@ def train_from_config(
     cfg_text = dump_config(cfg)
     saved = run_dir / "config.yaml"
     resuming = resume and saved.exists() and checkpoint_dir(run_dir, "last") is not None
-    if resuming and saved.read_text() != cfg_text:
+    if resuming and load_config_of(run_dir) != cfg:
+        # compared as parsed configs: a key added to TrainConfig later (at its default)
+        # does not block resuming an older run
         raise ValueError(
             f"{run_dir} holds a run with a different config; resume it with the same "
             "config, or pass another --out (or --no-resume to start over)"
