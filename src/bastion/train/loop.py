@@ -100,18 +100,18 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "method": generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    if device.type != "cpu":
+        state["accelerator"] = list(torch.get_device_module(device.type).get_rng_state_all())
     return state
 
 
-def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["method"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "accelerator" in state and device.type != "cpu":
+        torch.get_device_module(device.type).set_rng_state_all(state["accelerator"])
 
 
 def _measure(
@@ -191,7 +191,7 @@ def fit(
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model, device_ids=None if device.type == "cpu" else [device.index]
         )
     generator = torch.Generator(device=device).manual_seed(seed + 7919 * rank)
     n = len(train_data)
@@ -211,7 +211,8 @@ def fit(
         if hasattr(method, "load_state_dict") and state.get("method") is not None:
             method.load_state_dict(state["method"])
         ranks_rng = state["rng"]
-        _set_rng_state(ranks_rng[rank] if rank < len(ranks_rng) else ranks_rng[0], generator)
+        own = ranks_rng[rank] if rank < len(ranks_rng) else ranks_rng[0]
+        _set_rng_state(own, generator, device)
         history = History(state["history"])
         start_epoch = int(state["epoch"])
         best, since_best = float(state["best"]), int(state["since_best"])
@@ -279,7 +280,7 @@ def fit(
         record["best_so_far"] = best
         history.epochs.append(record)
         if run_dir is not None:
-            rngs = [_rng_state(generator)]
+            rngs = [_rng_state(generator, device)]
             if world > 1:
                 gathered: list[Any] = [None] * world
                 dist.all_gather_object(gathered, rngs[0])
