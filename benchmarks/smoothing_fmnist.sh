@@ -4,7 +4,8 @@
 # fine-tuned from the Gaussian-0.25 model), certifies each on every 50th test image
 # (200 inputs) with n0 = 100, n = 10,000, alpha = 0.001, then Cohen's full n = 100,000 on
 # 100 inputs (every 100th) for Gaussian-0.25. Every step resumes where it stopped.
-# Budget knobs (env): EPOCHS (default 4), MACER_SUBSET (default 10000), MACER_EPOCHS (1).
+# Budget knobs (env): EPOCHS (default 4), MACER_SUBSET (default 10000), MACER_EPOCHS (1),
+# N_INPUTS (default 200) and SKIP (default 50) for the n = 10,000 certifications.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=.venv/bin/bastion
@@ -21,7 +22,7 @@ done
 for run in gaussian-0.12:0.12 gaussian-0.25:0.25 gaussian-0.50:0.50 macer-0.25:0.25; do
   name=${run%%:*}; sigma=${run##*:}
   /usr/bin/time -f "certify $name n=10000: %e s" $B certify "$OUT/$name" --sigma "$sigma" \
-    --n0 100 --n 10000 --alpha 0.001 --n-inputs 100 --skip 100 \
+    --n0 100 --n 10000 --alpha 0.001 --n-inputs ${N_INPUTS:-200} --skip ${SKIP:-50} \
     --out "$OUT/$name-n10000.jsonl"
 done
 # the sequential fixed-radius test on the same inputs (same seed, n as the most draws)
@@ -34,3 +35,6 @@ done
   --out "$OUT/gaussian-0.25-n100000.jsonl" \
   --compare "$OUT/gaussian-0.12-n10000.jsonl" "$OUT/gaussian-0.25-n10000.jsonl" \
   "$OUT/gaussian-0.50-n10000.jsonl" "$OUT/macer-0.25-n10000.jsonl"
+# the sequential test against the full n = 100,000 certificates
+.venv/bin/python benchmarks/sequential_vs_fixed.py "$OUT/gaussian-0.25" \
+  "$OUT/gaussian-0.25-n100000.jsonl" --sigma 0.25 --radius 0.25 > "$OUT/sequential-n100000-r0.25.json"

@@ -71,3 +71,12 @@ def test_partial_metrics_and_overwrite(tmp_path):
     first = p.read_bytes()
     p2 = plot_history(_overfitting_history(), tmp_path / "c.png")
     assert p2 == p and p.read_bytes() != first and p.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_panel_titles_name_only_the_splits_drawn():
+    from bastion.bench.plots import _panel_title
+
+    assert _panel_title("robust", ["train_robust_acc", "test_robust_acc"]) == "robust train vs test"
+    assert _panel_title("robust", ["test_robust_acc"]) == "robust test"
+    assert _panel_title("clean", ["test_clean_acc"]) == "clean test"
+    assert _panel_title("", ["train_loss"]) == "accuracy: train"

@@ -55,6 +55,13 @@ def _as_runs(histories: Any) -> dict[str, list[dict[str, Any]]]:
                     "them or a {label: History} mapping")
 
 
+def _panel_title(kind: str, keys: list[str]) -> str:
+    """"robust train vs test", "clean test", ...: names only the splits actually drawn."""
+    splits = [s for s in ("train", "test") if any(k.startswith(f"{s}_") for k in keys)]
+    what = " vs ".join(splits) if splits else ", ".join(_LABELS.get(k, k) for k in keys)
+    return f"{kind} {what}".strip() if kind else f"accuracy: {what}"
+
+
 def plot_history(
     history_or_histories: Any,
     path: str | os.PathLike,
@@ -112,7 +119,8 @@ def plot_history(
     panels = [("robust accuracy" if "robust" in " ".join(left) else "accuracy", left)]
     if right:
         panels.append(("clean accuracy", right))
-    fig = Figure(figsize=(6.4 * len(panels), 4.4), layout="constrained")
+    many = len(runs) * max(len(left), len(right)) > 4  # legends go beside the axes
+    fig = Figure(figsize=((8.6 if many else 6.4) * len(panels), 4.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     colours = [f"C{i % 10}" for i in range(len(runs))]
     for ax, (name, keys) in zip(axes, panels, strict=True):
@@ -136,11 +144,14 @@ def plot_history(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-    axes[0].set_title("robust train vs test (★ best test)" if "test_robust_acc" in left
-                      else "accuracy")
+        if many:
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(fontsize="small")
+    star = " (★ best test)" if "test_robust_acc" in left else ""
+    axes[0].set_title(_panel_title("robust" if "robust" in " ".join(left) else "", left) + star)
     if len(panels) > 1:
-        axes[1].set_title("clean train vs test")
+        axes[1].set_title(_panel_title("clean", right))
     if title:
         fig.suptitle(title)
     buf = io.BytesIO()
