@@ -41,6 +41,12 @@ METHODS = {
     "tla": "configs/tla.yaml",
     "consistency": "configs/consistency.yaml",
 }
+# Ablations, run only when named with --only: (recipe, extra overrides after the shared ones).
+ABLATIONS = {
+    # AT on the same two attacked crop-flip views without the JS term: isolates what the
+    # consistency term adds from what the augmentation does.
+    "consistency-lambda0": ("configs/consistency.yaml", ["method_options.lambda_=0.0"]),
+}
 
 
 def evaluate(run_dir: Path, n: int, m: int, eps: float) -> dict[str, float]:
@@ -71,18 +77,20 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     histories = {}
-    for name, recipe in METHODS.items():
+    selected = {k: (v, []) for k, v in METHODS.items()}
+    selected |= {k: v for k, v in ABLATIONS.items() if args.only and k in args.only}
+    for name, (recipe, extra) in selected.items():
         if args.only and name not in args.only:
             continue
         res_path = out / f"{name}.json"
         run_dir = out / name
         if not res_path.exists():
-            cfg = load_config(recipe, args.set)
+            cfg = load_config(recipe, [*args.set, *extra])
             t0 = time.perf_counter()
             hist = train_from_config(cfg, run_dir)
             train_s = sum(e["seconds"] for e in hist.epochs)
             t1 = time.perf_counter()
-            res = {"method": name, "recipe": recipe, "overrides": args.set,
+            res = {"method": name, "recipe": recipe, "overrides": [*args.set, *extra],
                    "train_seconds": round(train_s, 1), **evaluate(run_dir, args.n, args.m,
                                                                     args.eps),
                    "eval_seconds": round(time.perf_counter() - t1, 1),
@@ -92,7 +100,7 @@ def main() -> None:
             print(json.dumps(res), flush=True)
         histories[name] = [json.loads(line) for line in
                            (run_dir / "history.jsonl").read_text().splitlines()]
-    rows = [json.loads((out / f"{k}.json").read_text()) for k in METHODS
+    rows = [json.loads((out / f"{k}.json").read_text()) for k in [*METHODS, *ABLATIONS]
             if (out / f"{k}.json").exists()]
     lines = ["| method | clean | PGD-20 | PGD-50 | mean min L-inf (FMN) | train s |",
              "|---|---|---|---|---|---|"]

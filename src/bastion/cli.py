@@ -64,8 +64,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = history.epochs[-1] if history.epochs else {}
     print(f"done in {time.perf_counter() - t0:.0f}s; run folder: {out}")
     if last:
-        print(_table([("clean accuracy", last.get("test_clean_acc")),
-                      ("robust accuracy (per-epoch attack)", last.get("test_robust_acc"))]))
+        rows = [("clean accuracy", last.get("test_clean_acc"))]
+        if last.get("test_robust_acc") is not None:  # absent when eval.attack is null
+            rows.append(("robust accuracy (per-epoch attack)", last["test_robust_acc"]))
+        print(_table(rows))
     return 0
 
 
@@ -221,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast where the hardware supports it (recorded)")
     c.add_argument("--out", default=None,
                    help="JSONL rows file (default RUN_DIR/certify/<settings>.jsonl); resumed")
-    c.add_argument("--compare", action="append", default=[], metavar="JSONL",
-                   help="other certification files to draw on the same plot")
+    c.add_argument("--compare", action="extend", nargs="+", default=[], metavar="JSONL",
+                   help="other certification files to draw on the same plot (one or more; "
+                   "the flag may repeat)")
     c.add_argument("--checkpoint", default="last", choices=("last", "best"),
                    help="end-of-training or best checkpoint")
     c.add_argument("--seed", type=int, default=0, help="seed of the noise (per input)")

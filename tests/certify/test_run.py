@@ -203,3 +203,13 @@ def test_cli_certify_on_a_trained_run(tmp_path: Path, capsys) -> None:
                         "--compare", str(rows_file)]) == 0
     assert other.with_suffix(".png").is_file()
     assert main(["certify", str(tmp_path / "missing")]) == 2
+
+
+def test_cli_compare_takes_several_files_after_one_flag_or_repeated() -> None:
+    from bastion.cli import build_parser
+
+    p = build_parser()
+    one = p.parse_args(["certify", "run", "--compare", "a.jsonl", "b.jsonl", "--n", "10"])
+    assert one.compare == ["a.jsonl", "b.jsonl"] and one.n == 10
+    rep = p.parse_args(["certify", "run", "--compare", "a.jsonl", "--compare", "b.jsonl"])
+    assert rep.compare == ["a.jsonl", "b.jsonl"]
