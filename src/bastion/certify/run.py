@@ -527,7 +527,7 @@ def plot_certified_accuracy(
     for label, rows in runs.items():
         cert, labels = rows_to_certificate(rows, norm)
         acc = certified_accuracy(cert, labels, grid)
-        ax.step(grid.numpy(), acc.numpy(), where="post", label=f"{label} (n={len(rows)})")
+        ax.step(grid.numpy(), acc.numpy(), where="post", label=f"{label}, {len(rows)} inputs")
     ax.set_xlabel(f"radius ({norm}, [0, 1] pixel units)")
     ax.set_ylabel("certified accuracy")
     ax.set_xlim(0.0, float(top))
@@ -617,7 +617,7 @@ def certify_run(
     if r != 0:
         return CertifyRunResult(rows, None, out, None)
     summary = summarize(rows, norm=dist.norm)
-    runs = {f"{run_dir.name} {noise} sigma={sigma:g}": rows}
+    runs = {f"{run_dir.name} ({noise} sigma={sigma:g}, n={n})": rows}
     for other in compare:
         runs[Path(other).stem] = read_rows(other)
     plot = plot_certified_accuracy(runs, out.with_suffix(".png"), norm=dist.norm,
