@@ -101,7 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_certify(args: argparse.Namespace) -> int:
     """Randomized-smoothing certification of a run's test set (rows written as it goes)."""
-    from bastion.certify.run import certify_run
+    from bastion.certify.run import certify_run, summarize
 
     bars: list[tqdm] = []
 
@@ -127,9 +127,19 @@ def cmd_certify(args: argparse.Namespace) -> int:
         return 0
     s = res.summary
     rows: list[tuple[str, Any]] = [("points", s["n"]), ("abstained", s["abstain_rate"])]
-    rows += [(f"certified accuracy at r={r:g}", a)
-             for r, a in zip(s["radii"], s["certified_accuracy"], strict=True)]
-    rows += [("ACR", f"{s['acr']:.4f}"), ("seconds", f"{s['seconds']:.1f}")]
+    if args.radius is None:
+        rows += [(f"certified accuracy at r={r:g}", a)
+                 for r, a in zip(s["radii"], s["certified_accuracy"], strict=True)]
+        rows += [("ACR", f"{s['acr']:.4f}")]
+    else:  # the sequential test answers one question: certified at this radius or not
+        at = dict(zip(s["radii"], s["certified_accuracy"], strict=True))
+        if args.radius not in at:
+            at = dict(zip([args.radius], summarize(res.rows, [args.radius])["certified_accuracy"],
+                          strict=True))
+        draws = sum(int(r["counts"]["n"]) for r in res.rows) / max(1, len(res.rows))
+        rows += [(f"certified accuracy at r={args.radius:g}", at[args.radius]),
+                 ("noise draws per input (mean, after n0)", f"{draws:.0f} of at most {args.n}")]
+    rows += [("seconds", f"{s['seconds']:.1f}")]
     print(_table(rows))
     print(f"rows: {res.out_path}\nplot: {res.plot_path}")
     return 0

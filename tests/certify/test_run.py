@@ -202,6 +202,9 @@ def test_cli_certify_on_a_trained_run(tmp_path: Path, capsys) -> None:
     assert main(args + ["--radius", "0.1", "--out", str(other),
                         "--compare", str(rows_file)]) == 0
     assert other.with_suffix(".png").is_file()
+    seq_out = capsys.readouterr().out
+    assert "certified accuracy at r=0.1 " in seq_out and "of at most 200" in seq_out
+    assert "ACR" not in seq_out and "r=0.25" not in seq_out
     assert main(["certify", str(tmp_path / "missing")]) == 2
 
 
