@@ -132,12 +132,9 @@ def cmd_certify(args: argparse.Namespace) -> int:
                  for r, a in zip(s["radii"], s["certified_accuracy"], strict=True)]
         rows += [("ACR", f"{s['acr']:.4f}")]
     else:  # the sequential test answers one question: certified at this radius or not
-        at = dict(zip(s["radii"], s["certified_accuracy"], strict=True))
-        if args.radius not in at:
-            at = dict(zip([args.radius], summarize(res.rows, [args.radius])["certified_accuracy"],
-                          strict=True))
+        acc_r = summarize(res.rows, [args.radius])["certified_accuracy"][0]
         draws = sum(int(r["counts"]["n"]) for r in res.rows) / max(1, len(res.rows))
-        rows += [(f"certified accuracy at r={args.radius:g}", at[args.radius]),
+        rows += [(f"certified accuracy at r={args.radius:g}", acc_r),
                  ("noise draws per input (mean, after n0)", f"{draws:.0f} of at most {args.n}")]
     rows += [("seconds", f"{s['seconds']:.1f}")]
     print(_table(rows))
