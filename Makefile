@@ -20,6 +20,7 @@ demo: install
 	$(PY) -m bastion.cli demo
 
 test: install
+	.venv/bin/lint-imports
 	$(PY) -m pytest -n 2 -q tests
 
 lint: $(STAMP)

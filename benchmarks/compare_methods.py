@@ -23,7 +23,7 @@ import torch
 
 from bastion.attacks.minimal import fmn
 from bastion.attacks.spec import AttackSpec
-from bastion.bench.harness import evaluate_attack
+from bastion.attacks.evaluate import evaluate_attack
 from bastion.bench.plots import plot_history
 from bastion.config import load_config
 from bastion.data import load_dataset
@@ -58,7 +58,7 @@ def evaluate(run_dir: Path, n: int, m: int, eps: float) -> dict[str, float]:
         spec = AttackSpec(eps=eps, steps=steps)
         r = evaluate_attack(model, x, y, spec, seed=0)
         out["clean_acc"] = float(r.clean_correct.double().mean())
-        out[f"pgd{steps}_acc"] = float(r.adv_correct.double().mean())
+        out[f"pgd{steps}_acc"] = float(r.adv_correct().double().mean())
     mr = fmn(model, x[:m], y[:m], norm="linf", steps=100)
     out["fmn_mean_linf"] = mr.mean_norm()
     out["fmn_success"] = float(mr.success.double().mean())

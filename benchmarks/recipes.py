@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from bastion.attacks.spec import AttackSpec
-from bastion.bench.harness import evaluate_attack
+from bastion.attacks.evaluate import evaluate_attack
 from bastion.config import load_config
 from bastion.data import load_dataset
 from bastion.runs import load_model, train_from_config
@@ -78,7 +78,7 @@ def main() -> None:
         "train_seconds_sum_of_epochs": round(train_seconds, 1),
         "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
         "clean_acc": float(res.clean_correct.double().mean()),
-        f"bastion_pgd{args.steps}_robust_acc": float(res.adv_correct.double().mean()),
+        f"bastion_pgd{args.steps}_robust_acc": float(res.adv_correct().double().mean()),
         f"torchattacks_pgd{args.steps}_robust_acc": ta,
         "eps": args.eps,
         "step_size": alpha,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bastion.certify.noise import Gaussian
+from bastion.noise import Gaussian
 from bastion.certify.smoothing import SmoothedClassifier, bf16_supported
 from bastion.data import load_dataset
 from bastion.models import build

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bastion.attacks.evaluate import evaluate_attack
 from bastion.attacks.spec import AttackSpec
-from bastion.bench.harness import evaluate_attack
 from bastion.data import load_dataset
 from bastion.models import build
 from bastion.runs import load_model

@@ -7,8 +7,6 @@ import math
 import pytest
 import torch
 
-from bastion.bench.results import EvalResult
-from bastion.certify.records import Certificate
 from bastion.metrics import (
     accuracy,
     attack_success_rate,
@@ -18,6 +16,7 @@ from bastion.metrics import (
     certified_radius,
     robust_accuracy,
 )
+from bastion.records import Certificate, EvalResult
 
 
 def _result() -> EvalResult:

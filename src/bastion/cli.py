@@ -19,7 +19,7 @@ from tqdm import tqdm
 from bastion.attacks.spec import ATTACKS, AttackSpec
 from bastion.config import load_config
 from bastion.data import load_dataset
-from bastion.runs import evaluate_run, load_config_of, train_from_config
+from bastion.runs import eval_record_path, evaluate_run, load_config_of, train_from_config
 
 DEFAULT_RUNS = Path("runs")
 
@@ -84,24 +84,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bar = tqdm(total=args.n, desc=f"{attack.name} eps={attack.eps:g}", unit="img",
                dynamic_ncols=True)
     try:
-        result, path = evaluate_run(run, attack, n=args.n, which=args.checkpoint,
-                                    batch_size=args.batch_size, seed=args.seed,
-                                    progress=bar.update)
+        result = evaluate_run(run, attack, n=args.n, which=args.checkpoint,
+                              batch_size=args.batch_size, seed=args.seed, progress=bar.update)
     finally:
         bar.close()
     clean = float(result.clean_correct.double().mean())
-    robust = float(result.adv_correct.double().mean())
+    robust = float(result.adv_correct().double().mean())
+    seconds = sum(o.seconds for o in result.outcomes)
+    path = eval_record_path(run, attack, args.n, args.checkpoint)
     print(_table([("points", args.n), ("clean accuracy", clean),
                   (f"robust accuracy ({attack.name}-{attack.steps}, {attack.norm} "
                    f"eps {attack.eps:g})", robust),
-                  ("seconds", round(result.seconds, 1))]))
+                  ("seconds", round(seconds, 1))]))
     print(f"record: {path}")
     return 0
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
     """Randomized-smoothing certification of a run's test set (rows written as it goes)."""
-    from bastion.certify.run import certify_run, summarize
+    from bastion.bench.plots import plot_certified_accuracy
+    from bastion.certify.run import read_header, read_rows, rows_to_certificate, summarize
+    from bastion.runs import certify_run
 
     bars: list[tqdm] = []
 
@@ -117,7 +120,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
             args.run_dir, noise=args.noise, sigma=args.sigma, n0=args.n0, n=args.n,
             alpha=args.alpha, n_inputs=args.n_inputs, skip=args.skip, radius=args.radius,
             two_class=args.two_class, batch_size=args.batch_size, precision=args.precision,
-            out=args.out, compare=args.compare, checkpoint=args.checkpoint, seed=args.seed,
+            out=args.out, checkpoint=args.checkpoint, seed=args.seed,
             device=args.device, progress=progress,
         )
     finally:
@@ -126,6 +129,14 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if res.summary is None:  # a rank other than 0 under torchrun
         return 0
     s = res.summary
+    norm = str(read_header(res.out_path)["norm"])
+    curves = {f"{Path(args.run_dir).name} ({args.noise} sigma={args.sigma:g}, n={args.n})":
+              rows_to_certificate(res.rows, norm)}
+    for other in args.compare:
+        curves[Path(other).stem] = rows_to_certificate(read_rows(other), norm)
+    plot_path = plot_certified_accuracy(curves, res.out_path.with_suffix(".png"),
+                                        title=f"{load_config_of(args.run_dir).dataset}: "
+                                        "certified accuracy")
     rows: list[tuple[str, Any]] = [("points", s["n"]), ("abstained", s["abstain_rate"])]
     if args.radius is None:
         rows += [(f"certified accuracy at r={r:g}", a)
@@ -138,7 +149,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
                  ("noise draws per input (mean, after n0)", f"{draws:.0f} of at most {args.n}")]
     rows += [("seconds", f"{s['seconds']:.1f}")]
     print(_table(rows))
-    print(f"rows: {res.out_path}\nplot: {res.plot_path}")
+    print(f"rows: {res.out_path}\nplot: {plot_path}")
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from bastion.attacks.spec import AttackName
+from bastion.train.schedules import ScheduleConfig
 from bastion.types import Norm
 
 T = TypeVar("T")
@@ -31,21 +32,6 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
-
-
-@dataclass(frozen=True, kw_only=True)
-class ScheduleConfig:
-    """Learning-rate schedule over optimisation steps.
-
-    ``piecewise``: multiply by ``gamma`` at each milestone, given as fractions of training
-    (Rice et al. decay at 50% and 75%). ``cosine``: cosine decay to 0. ``onecycle``:
-    linear ramp up to ``lr`` over ``warmup`` of training, then linearly down to 0.
-    """
-
-    name: Literal["constant", "piecewise", "cosine", "onecycle"] = "piecewise"
-    milestones: tuple[float, ...] = (0.5, 0.75)
-    gamma: float = 0.1
-    warmup: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,21 +11,26 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from bastion._records import atomic_write_bytes, atomic_write_json, save_record
+from bastion.attacks.evaluate import evaluate_attack
 from bastion.attacks.spec import AttackSpec
-from bastion.bench.harness import evaluate_attack
-from bastion.bench.results import EvalResult
+from bastion.certify.run import certify_dataset, dist_info, summarize
+from bastion.certify.smoothing import Precision
 from bastion.config import TrainConfig, dump_config, from_dict, to_dict
 from bastion.data import load_dataset
 from bastion.models import architecture_signature, build
+from bastion.noise import from_std
+from bastion.records import EvalResult, History
+from bastion.records.io import atomic_write_bytes, atomic_write_json, save_record
 from bastion.train.checkpoint import Which, checkpoint_dir, load_model_state
-from bastion.train.loop import EvalPlan, History, fit
+from bastion.train.evaluation import EvalPlan, per_epoch_evaluation
+from bastion.train.loop import fit
 from bastion.train.registry import build_method
 from bastion.train.schedules import build_scheduler
 
@@ -179,8 +184,7 @@ def train_from_config(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         scheduler=scheduler,
-        eval_data=test,
-        eval_plan=plan,
+        evaluate=per_epoch_evaluation(plan, test, train),
         run_dir=run_dir,
         resume=resume,
         seed=cfg.seed,
@@ -231,6 +235,14 @@ def load_model(
     return model.to(device).eval()
 
 
+def eval_record_path(
+    run_dir: str | os.PathLike, attack: AttackSpec, n: int, which: Which = "last"
+) -> Path:
+    """Where ``evaluate_run`` saves the record of ``attack`` on the first ``n`` test points."""
+    name = f"{attack.name}-{attack.norm}-eps{attack.eps:g}-steps{attack.steps}-n{n}-{which}.json"
+    return Path(run_dir) / "eval" / name
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     attack: AttackSpec,
@@ -241,10 +253,11 @@ def evaluate_run(
     seed: int = 0,
     device: str = "auto",
     progress: Callable[[int], None] | None = None,
-) -> tuple[EvalResult, Path]:
+) -> EvalResult:
     """Attack a run's model on its first ``n`` test points; save the record in ``run_dir/eval``.
 
-    Returns the ``EvalResult`` and the path of the JSON record written.
+    Returns the ``EvalResult``; it is saved (atomically) at ``eval_record_path(run_dir,
+    attack, n, which)``.
     """
     cfg = load_config_of(run_dir)
     model = load_model(run_dir, which, resolve_device(device))
@@ -261,13 +274,81 @@ def evaluate_run(
         progress=progress,
     )
     result = dataclasses.replace(result, params={**result.params, "checkpoint": which, "n": n})
-    name = f"{attack.name}-{attack.norm}-eps{attack.eps:g}-steps{attack.steps}-n{n}-{which}.json"
-    path = Path(run_dir) / "eval" / name
-    save_record(path, result)
-    return result, path
+    save_record(eval_record_path(run_dir, attack, n, which), result)
+    return result
+
+
+@dataclass(frozen=True)
+class CertifyRunResult:
+    """What ``certify_run`` produced: rows (rank 0: all), summary and files written.
+
+    ``summary`` is None on ranks other than 0.
+    """
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+    out_path: Path
+
+
+def certify_run(
+    run_dir: str | os.PathLike,
+    *,
+    noise: str = "gaussian",
+    sigma: float = 0.25,
+    n0: int = 100,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    n_inputs: int | None = 500,
+    skip: int = 20,
+    radius: float | None = None,
+    two_class: bool = False,
+    batch_size: int | None = None,
+    precision: Precision = "fp32",
+    out: str | os.PathLike | None = None,
+    checkpoint: str = "last",
+    seed: int = 0,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> CertifyRunResult:
+    """Certify a trained run's test set (the function behind ``bastion certify``).
+
+    Loads the run's model and dataset, builds the noise with per-coordinate standard
+    deviation ``sigma`` (``noise.from_std``), runs ``certify_dataset`` into ``out``
+    (default ``run_dir/certify/<noise>-sigma<s>-n<n>-alpha<a>[-r<radius>].jsonl``), then
+    on rank 0 summarises it (``bench.plots.plot_certified_accuracy`` draws it).
+    """
+    run_dir = Path(run_dir)
+    cfg = load_config_of(run_dir)
+    dev = resolve_device(device)
+    model = load_model(run_dir, checkpoint, dev)  # type: ignore[arg-type]
+    test = load_dataset(cfg.dataset, "test", cfg.data_dir)
+    dist = from_std(noise, sigma)
+    if out is None:
+        tag = f"{noise}-sigma{sigma:g}-n{n}-alpha{alpha:g}"
+        if radius is not None:
+            tag += f"-r{radius:g}"
+        if two_class:
+            tag += "-2class"
+        if precision != "fp32":
+            tag += f"-{precision}"
+        out = run_dir / "certify" / f"{tag}-{checkpoint}.jsonl"
+    out = Path(out)
+    rows = certify_dataset(
+        model, test.images, test.labels, dist, out_path=out, n0=n0, n=n, alpha=alpha,
+        batch_size=batch_size, skip=skip, max_inputs=n_inputs, seed=seed, radius=radius,
+        two_class=two_class, num_classes=test.num_classes, precision=precision,
+        progress=progress,
+    )
+    r, _ = dist_info(None, None)
+    if r != 0:
+        return CertifyRunResult(rows, None, out)
+    return CertifyRunResult(rows, summarize(rows, norm=dist.norm), out)
 
 
 __all__ = [
+    "CertifyRunResult",
+    "certify_run",
+    "eval_record_path",
     "evaluate_run",
     "load_config_of",
     "load_model",

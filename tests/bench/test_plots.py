@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from bastion.bench.plots import plot_history
-from bastion.train import History
+from bastion.records import History
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -24,7 +24,7 @@ def _overfitting_history(peak: int = 5, epochs: int = 12, shift: float = 0.0) ->
             "train_clean_acc": min(0.99, 0.6 + 0.035 * t),
             "test_clean_acc": 0.6 + 0.02 * min(t, 8),
         })
-    return History(recs)
+    return History.of(recs)
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -54,7 +54,7 @@ def test_several_runs_on_one_figure(tmp_path):
 
 
 def test_missing_keys_and_bad_input():
-    h = History([{"epoch": 1, "test_clean_acc": 0.8}, {"epoch": 2, "test_clean_acc": 0.85}])
+    h = History.of([{"epoch": 1, "test_clean_acc": 0.8}, {"epoch": 2, "test_clean_acc": 0.85}])
     with pytest.raises(ValueError, match="available keys"):
         plot_history(h, "unused.png")
     with pytest.raises(ValueError, match="no epochs"):
@@ -65,7 +65,7 @@ def test_missing_keys_and_bad_input():
 
 def test_partial_metrics_and_overwrite(tmp_path):
     # only test metrics recorded (n_train = 0): still a plot; a second call replaces the file
-    h = History([{"epoch": t, "test_robust_acc": 0.1 * t, "test_clean_acc": 0.5}
+    h = History.of([{"epoch": t, "test_robust_acc": 0.1 * t, "test_clean_acc": 0.5}
                  for t in range(1, 4)])
     p = plot_history(h, tmp_path / "c.png")
     first = p.read_bytes()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from bastion.certify.noise import Gaussian, Laplace, Uniform, from_std
+from bastion.noise import Gaussian, Laplace, Uniform, from_std
 
 
 @pytest.mark.parametrize(

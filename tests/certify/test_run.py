@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bastion.certify.noise import Gaussian
 from bastion.certify.run import (
-    _dist_info,
     certify_dataset,
     certify_shard,
     default_radii,
+    dist_info,
     input_seed,
     merge_shards,
     plot_certified_accuracy,
@@ -28,6 +27,7 @@ from bastion.cli import main
 from bastion.config import EvalConfig, TrainConfig
 from bastion.data import load_dataset
 from bastion.models import build
+from bastion.noise import Gaussian
 from bastion.runs import train_from_config
 
 OPTS = dict(n0=16, n=256, alpha=0.01, skip=2, max_inputs=12, seed=5, batch_size=128,
@@ -174,10 +174,10 @@ def test_helpers(monkeypatch) -> None:
     assert shard_path("a/b.jsonl", 1, 4) == Path("a/b.rank1-of-4.jsonl")
     monkeypatch.setenv("RANK", "2")
     monkeypatch.setenv("WORLD_SIZE", "3")
-    assert _dist_info(None, None) == (2, 3)
-    assert _dist_info(0, 1) == (0, 1)
+    assert dist_info(None, None) == (2, 3)
+    assert dist_info(0, 1) == (0, 1)
     with pytest.raises(ValueError, match="rank"):
-        _dist_info(3, 2)
+        dist_info(3, 2)
     with pytest.raises(ValueError, match="skip"):
         selected_indices(10, 0)
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from bastion.certify.noise import Gaussian, Uniform
 from bastion.certify.sequential import certify_radius, look_schedule
 from bastion.certify.smoothing import SmoothedClassifier
+from bastion.noise import Gaussian, Uniform
 
 
 def threshold_model(theta: float) -> nn.Module:

@@ -12,10 +12,10 @@ from torch import nn
 
 import bastion.certify.smoothing as smoothing
 from bastion.attacks.pgd import pgd
-from bastion.certify.noise import Gaussian, Laplace, Uniform
 from bastion.certify.smoothing import SmoothedClassifier, generators_for, tune
 from bastion.certify.stats import binomial_pvalue, cp_lower
 from bastion.models import build
+from bastion.noise import Gaussian, Laplace, Uniform
 
 SIDE = 4
 D = SIDE * SIDE

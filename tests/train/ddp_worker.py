@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bastion.attacks.evaluate import evaluate_attack
 from bastion.attacks.spec import AttackSpec
-from bastion.bench.harness import evaluate_attack
 from bastion.data import load_dataset
 from bastion.train import PGDAT, fit
 
@@ -30,7 +30,7 @@ def train_digits(run_dir: str) -> dict[str, float]:
     test = load_dataset("digits", "test")
     r = evaluate_attack(model.eval(), test.images, test.labels, AttackSpec(eps=0.1, steps=10))
     return {"clean": float(r.clean_correct.double().mean()),
-            "robust": float(r.adv_correct.double().mean())}
+            "robust": float(r.adv_correct().double().mean())}
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ from torch import nn
 from bastion.attacks import pgd
 from bastion.data import load_dataset
 from bastion.models import build
-from bastion.train import CAT, EvalPlan, fit
+from bastion.records import StepContext
+from bastion.train import CAT, EvalPlan, fit, per_epoch_evaluation
 from bastion.train.cat import smoothed_labels
 from bastion.train.checkpoint import checkpoint_dir, load_train_state
 from bastion.train.state_io import join_state, split_state
-from bastion.types import StepContext
 
 
 def _constant_model(favoured: int = 0, classes: int = 3) -> nn.Module:
@@ -176,7 +176,7 @@ def test_radii_survive_a_checkpoint_through_fit(tmp_path):
     method = CAT(eps_max=0.1, eta=0.02, steps=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     hist = fit(model, method, data, opt, epochs=2, batch_size=32, run_dir=tmp_path,
-               eval_data=data, eval_plan=EvalPlan(n_test=32))
+               evaluate=per_epoch_evaluation(EvalPlan(n_test=32), data))
     saved = load_train_state(checkpoint_dir(tmp_path, "last"))["method"]["eps"]
     assert torch.equal(saved, method.epsilons)
     assert (saved <= torch.tensor(0.1)).all() and float(saved.max()) > 0

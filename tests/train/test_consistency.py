@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bastion.losses import js_divergence
+from bastion.records import StepContext
 from bastion.train import Consistency, build_method
 from bastion.train.consistency import random_crop_flip
-from bastion.types import StepContext
 
 
 def _ctx(seed: int = 0) -> StepContext:

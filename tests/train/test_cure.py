@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from bastion.losses import curvature_penalty
+from bastion.records import StepContext
 from bastion.train import CURE, Standard, build_method
-from bastion.types import StepContext
 
 
 def _ctx(seed: int = 0, epoch: int = 0) -> StepContext:

@@ -6,11 +6,11 @@ import json
 
 import torch
 
+from bastion.attacks.evaluate import predict
 from bastion.attacks.spec import AttackSpec
-from bastion.bench.harness import predict
 from bastion.data import load_dataset
 from bastion.models import build
-from bastion.train import EvalPlan, Standard, fit
+from bastion.train import EvalPlan, Standard, fit, per_epoch_evaluation
 from bastion.train.checkpoint import checkpoint_dir, load_model_state
 
 
@@ -22,8 +22,8 @@ def test_patience_stops_a_non_improving_run_and_keeps_the_best(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # nothing changes: no epoch improves
     plan = EvalPlan(attack=AttackSpec(eps=0.1, steps=2), n_test=64, seed=0)
-    hist = fit(model, Standard(), train, opt, epochs=6, batch_size=64, eval_data=test,
-               eval_plan=plan, run_dir=tmp_path, patience=1)
+    hist = fit(model, Standard(), train, opt, epochs=6, batch_size=64,
+               evaluate=per_epoch_evaluation(plan, test), run_dir=tmp_path, patience=1)
     assert [e["epoch"] for e in hist.epochs] == [1, 2]
     assert hist.epochs[0]["test_robust_acc"] == hist.epochs[1]["test_robust_acc"]
     best, last = checkpoint_dir(tmp_path, "best"), checkpoint_dir(tmp_path, "last")
@@ -43,7 +43,8 @@ def test_patience_keeps_the_best_epoch_of_a_run_that_gets_worse(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 if step < 4 else 40.0)
     hist = fit(model, Standard(), train, opt, epochs=6, batch_size=64, scheduler=sched,
-               eval_data=test, eval_plan=EvalPlan(n_test=200), run_dir=tmp_path, patience=2)
+               evaluate=per_epoch_evaluation(EvalPlan(n_test=200), test), run_dir=tmp_path,
+               patience=2)
     scores = [e["test_clean_acc"] for e in hist.epochs]
     assert len(scores) < 6
     best_epoch = scores.index(max(scores)) + 1

@@ -9,9 +9,9 @@ from torch import nn
 from bastion.attacks import fmn, perturbation_norm, pgd
 from bastion.data import load_dataset
 from bastion.models import build
-from bastion.train import FAT, EvalPlan, build_method, fit
+from bastion.records import StepContext
+from bastion.train import FAT, EvalPlan, build_method, fit, per_epoch_evaluation
 from bastion.train.fat import PAPER_TAU_SCHEDULE
-from bastion.types import StepContext
 
 
 def _mlp(hidden: tuple[int, ...] = (32,), classes: int = 10) -> nn.Module:
@@ -137,7 +137,7 @@ def test_fat_trains_through_fit_and_logs_steps():
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     hist = fit(model, FAT(eps=0.1, steps=4), data, opt, epochs=3, batch_size=64,
-               eval_data=test, eval_plan=EvalPlan(n_test=100), seed=0)
+               evaluate=per_epoch_evaluation(EvalPlan(n_test=100), test), seed=0)
     assert [e["train_tau"] for e in hist.epochs] == [0.0, 0.0, 1.0]
     assert all(0 < e["train_num_steps"] <= 4 for e in hist.epochs)
     assert all(e["train_adv_norm"] <= 0.1 + 1e-6 for e in hist.epochs)

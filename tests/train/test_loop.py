@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from bastion.attacks.evaluate import evaluate_attack
 from bastion.attacks.spec import AttackSpec
-from bastion.bench.harness import evaluate_attack
 from bastion.data import load_dataset
-from bastion.train import PGDAT, EvalPlan, GaussianNoise, Standard, fit
+from bastion.train import PGDAT, EvalPlan, GaussianNoise, Standard, fit, per_epoch_evaluation
 from bastion.train.checkpoint import checkpoint_dir
 
 
@@ -34,7 +34,7 @@ def _run(run_dir, method, epochs=3, interrupt_after=None):
 
     plan = EvalPlan(attack=AttackSpec(eps=0.1, steps=3), n_test=100)
     hist = fit(model, method, data, opt, epochs=epochs, batch_size=64, scheduler=sched,
-               eval_data=test, eval_plan=plan, run_dir=run_dir, seed=5, on_epoch=stop)
+               evaluate=per_epoch_evaluation(plan, test), run_dir=run_dir, seed=5, on_epoch=stop)
     return model, hist
 
 
@@ -47,8 +47,10 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, method):
     resumed, hist_res = _run(tmp_path / "b", method)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    strip = [{k: v for k, v in e.items() if "seconds" not in k} for e in hist_full.epochs]
-    assert strip == [{k: v for k, v in e.items() if "seconds" not in k} for e in hist_res.epochs]
+    strip = [{k: v for k, v in e.to_dict().items() if "seconds" not in k}
+             for e in hist_full.epochs]
+    assert strip == [{k: v for k, v in e.to_dict().items() if "seconds" not in k}
+                     for e in hist_res.epochs]
 
 
 def test_checkpoints_last_and_best(tmp_path):
@@ -80,8 +82,8 @@ def test_pgd_at_closes_the_robustness_gap():
     attack = AttackSpec(eps=0.15, steps=10)
     std = evaluate_attack(_train(Standard()), test.images, test.labels, attack)
     adv = evaluate_attack(_train(PGDAT(eps=0.15, steps=5)), test.images, test.labels, attack)
-    std_clean, std_rob = std.clean_correct.double().mean(), std.adv_correct.double().mean()
-    adv_clean, adv_rob = adv.clean_correct.double().mean(), adv.adv_correct.double().mean()
+    std_clean, std_rob = std.clean_correct.double().mean(), std.adv_correct().double().mean()
+    adv_clean, adv_rob = adv.clean_correct.double().mean(), adv.adv_correct().double().mean()
     assert std_clean > 0.9
     # measured: standard 0.98 clean / 0.20 robust, PGD-AT 0.95 / 0.50
     assert std_rob < std_clean - 0.5

@@ -11,9 +11,9 @@ from scipy import stats as sps
 from torch import nn
 
 from bastion.losses.macer import macer_loss, normal_icdf, soft_radius, soft_smoothed_probs
+from bastion.records import StepContext
 from bastion.train import build_method
 from bastion.train.macer import MACER
-from bastion.types import StepContext
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

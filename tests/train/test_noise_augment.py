@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion.certify.noise import from_std
+from bastion.noise import from_std
+from bastion.records import StepContext
 from bastion.train import GaussianNoise, NoiseAugmentation, build_method
-from bastion.types import StepContext
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "laplace", "uniform"])

@@ -11,10 +11,10 @@ from torch import nn
 
 from bastion.attacks import perturbation_norm
 from bastion.models import build
-from bastion.train import EvalPlan, RegeneratedAT, build_method, fit
+from bastion.records import StepContext
+from bastion.train import EvalPlan, RegeneratedAT, build_method, fit, per_epoch_evaluation
 from bastion.train.checkpoint import checkpoint_dir, load_train_state
 from bastion.train.state_io import join_state, split_state
-from bastion.types import StepContext
 
 
 @dataclass
@@ -161,7 +161,7 @@ def test_state_round_trip_and_resume_through_fit(tmp_path):
     method = RegeneratedAT(eps=0.1, steps=2, subset_fraction=0.25, regenerate_every=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     hist = fit(model, method, data, opt, epochs=2, batch_size=16, run_dir=tmp_path,
-               eval_data=data, eval_plan=EvalPlan(n_test=16))
+               evaluate=per_epoch_evaluation(EvalPlan(n_test=16), data))
     state = load_train_state(checkpoint_dir(tmp_path, "last"))["method"]
     assert state["epoch"] == 0 and torch.equal(state["index"], method.stored_index)
     assert torch.equal(state["x_adv"], method.stored_examples)

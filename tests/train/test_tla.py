@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion.records import StepContext
 from bastion.train import TLA, build_method
 from bastion.train.tla import embedding_module, forward_with_embedding
-from bastion.types import StepContext
 
 
 def _ctx(seed: int = 0) -> StepContext:

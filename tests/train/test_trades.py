@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from bastion.losses import trades_kl
+from bastion.records import StepContext
 from bastion.train import TRADES, Standard, build_method
-from bastion.types import StepContext
 
 
 def _ctx(seed: int = 0) -> StepContext:

@@ -14,8 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from bastion._torch import model_mode, unwrap
 from bastion.attacks.core import AttackResult, as_radius, clip_to_ball_and_box
-from bastion.attacks.pgd import model_mode, unwrap
 from bastion.types import Norm
 
 AutoAttackVersion = Literal["standard", "apgd-ce", "apgd-t"]

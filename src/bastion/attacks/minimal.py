@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bastion._torch import model_mode, unwrap
 from bastion._validate import check_choice, check_images, check_labels, check_radius
 from bastion.attacks.core import (
     as_radius,
@@ -40,7 +41,7 @@ from bastion.attacks.core import (
     perturbation_norm,
 )
 from bastion.attacks.objectives import margin
-from bastion.attacks.pgd import ATTACK_NORMS, model_mode, pgd, unwrap
+from bastion.attacks.pgd import ATTACK_NORMS, pgd
 from bastion.types import Norm
 
 _DUAL: dict[str, Norm] = {"linf": "l1", "l2": "l2"}

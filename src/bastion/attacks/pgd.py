@@ -14,13 +14,12 @@ mode of every sub-module is restored.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from bastion._torch import model_mode, unwrap
 from bastion._validate import check_choice, check_images, check_radius
 from bastion.attacks.core import (
     AttackResult,
@@ -53,28 +52,6 @@ def check_attack_options(
         isinstance(step_size, int | float) and math.isfinite(step_size) and step_size > 0
     ):
         raise ValueError(f"step_size must be a finite number > 0 or None, got {step_size!r}")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside a DistributedDataParallel wrapper (attacks never sync grads)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-@contextlib.contextmanager
-def model_mode(model: nn.Module, train: bool | None) -> Iterator[None]:
-    """Temporarily put ``model`` in train (True) or eval (False) mode; None keeps it.
-
-    Restores each sub-module's own flag afterwards, so a model with some frozen-in-eval
-    parts comes back exactly as it was.
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    if train is not None:
-        model.train(train)
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _labels_of(target: torch.Tensor) -> torch.Tensor:

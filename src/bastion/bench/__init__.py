@@ -1,6 +1,5 @@
-"""Evaluation harness and its records."""
+"""Benchmarks of defences: plots of training histories and certified accuracy."""
 
-from bastion.bench.harness import evaluate_attack, predict
-from bastion.bench.results import EvalResult
+from bastion.bench.plots import plot_certified_accuracy, plot_history
 
-__all__ = ["EvalResult", "evaluate_attack", "predict"]
+__all__ = ["plot_certified_accuracy", "plot_history"]

@@ -1,4 +1,4 @@
-"""Training curves: per-epoch train vs test robust accuracy of one or several runs.
+"""Plots: training curves of one or several runs, and certified accuracy against radius.
 
 Robust overfitting (Rice et al. 2020, "Overfitting in adversarially robust deep learning",
 arXiv 2002.11569; the seed's "AT + Fake Data") shows as a robust *test* accuracy that peaks
@@ -15,10 +15,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bastion._records import atomic_write_bytes
+from bastion.metrics import certified_accuracy
+from bastion.records import Certificate, History
+from bastion.records.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,9 @@ def _as_runs(histories: Any) -> dict[str, list[dict[str, Any]]]:
     """``{label: epoch records}`` from a History, a mapping of them or a sequence of them."""
 
     def records(h: Any) -> list[dict[str, Any]]:
-        epochs = getattr(h, "epochs", h)
+        if isinstance(h, History):
+            return h.to_dicts()
+        epochs = h
         if not isinstance(epochs, Sequence) or not all(isinstance(e, Mapping) for e in epochs):
             raise TypeError(
                 "expected a History (or a list of per-epoch dicts), got "
@@ -92,8 +97,8 @@ def plot_history(
         ``path`` as a ``Path``.
 
     Example:
-        >>> from bastion.train import History
-        >>> h = History([{"epoch": 1, "train_robust_acc": 0.3, "test_robust_acc": 0.3}])
+        >>> from bastion.records import History
+        >>> h = History.of([{"epoch": 1, "train_robust_acc": 0.3, "test_robust_acc": 0.3}])
         >>> import tempfile; p = plot_history(h, tempfile.mkdtemp() + "/h.png")
         >>> p.read_bytes()[:4] == b"\\x89PNG"
         True
@@ -156,6 +161,59 @@ def plot_history(
         fig.suptitle(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
+    out = Path(path)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def plot_certified_accuracy(
+    runs: Mapping[str, Certificate],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Plot certified accuracy against radius, one curve per certificate, to a PNG.
+
+    Certified accuracy at r (seed eq. 4) is ``bastion.metrics.certified_accuracy``, the
+    same for every certifier; the curve is drawn as a step function on a fine grid.
+
+    Args:
+        runs: label -> ``Certificate`` with ``labels`` (e.g. ``certify.rows_to_certificate``).
+        path: the PNG file (written atomically).
+        title: optional title.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not runs:
+        raise ValueError("nothing to plot: runs is empty")
+    norms = {c.norm for c in runs.values()}
+    if len(norms) > 1:
+        raise ValueError(f"certificates of several norms {sorted(norms)} on one plot")
+    norm = norms.pop()
+    fig = Figure(figsize=(6.0, 4.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    top = max(float(c.radius.max()) if len(c) else 0.0 for c in runs.values())
+    top = max(top * 1.05, 0.25)
+    grid = torch.linspace(0.0, top, 400, dtype=torch.float64)
+    for label, cert in runs.items():
+        acc = certified_accuracy(cert, None, grid)
+        ax.step(grid.numpy(), acc.numpy(), where="post", label=f"{label}, {len(cert)} inputs")
+    unit = "elements" if norm == "l0" else "[0, 1] pixel units"
+    ax.set_xlabel(f"radius ({norm}, {unit})")
+    ax.set_ylabel("certified accuracy")
+    ax.set_xlim(0.0, float(top))
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     out = Path(path)
     atomic_write_bytes(out, buf.getvalue())
     return out

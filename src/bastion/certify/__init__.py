@@ -1,17 +1,15 @@
 """Certifiers; every one returns a ``Certificate``."""
 
-from bastion.certify.noise import NOISES, Gaussian, Laplace, Uniform, from_std
-from bastion.certify.records import Certificate
 from bastion.certify.run import (
     certify_dataset,
-    certify_run,
-    plot_certified_accuracy,
     read_rows,
     summarize,
 )
 from bastion.certify.sequential import certify_radius
 from bastion.certify.smoothing import SmoothedClassifier, tune
 from bastion.certify.stats import binomial_pvalue, cp_lower, cp_upper, two_class_bounds
+from bastion.noise import NOISES, Gaussian, Laplace, Uniform, from_std
+from bastion.records import Certificate
 
 __all__ = [
     "NOISES",
@@ -23,11 +21,9 @@ __all__ = [
     "binomial_pvalue",
     "certify_dataset",
     "certify_radius",
-    "certify_run",
     "cp_lower",
     "cp_upper",
     "from_std",
-    "plot_certified_accuracy",
     "read_rows",
     "summarize",
     "two_class_bounds",

@@ -21,12 +21,11 @@ of Cohen et al.'s ``certify.py`` log (arXiv 1902.02918), with raw counts for aud
   field (wall time), the only value that is not a function of the inputs and seeds.
 
 ``summarize`` gives certified accuracy at radii and the ACR (``bastion.metrics``);
-``plot_certified_accuracy`` draws certified accuracy against radius for several runs.
+``bench.plots.plot_certified_accuracy`` draws certified accuracy against radius.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -40,11 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bastion._records import atomic_write_bytes
+from bastion._torch import model_mode, unwrap
 from bastion._validate import check_images, check_labels
-from bastion.attacks.pgd import model_mode, unwrap
-from bastion.certify.noise import Noise, from_std
-from bastion.certify.records import Certificate
 from bastion.certify.sequential import certify_radius
 from bastion.certify.smoothing import (
     MemoryFormat,
@@ -52,6 +48,10 @@ from bastion.certify.smoothing import (
     SmoothedClassifier,
     resolve_precision,
 )
+from bastion.metrics import average_certified_radius, certified_accuracy
+from bastion.noise import Noise
+from bastion.records import Certificate
+from bastion.records.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def _open_for_resume(path: Path, params: dict[str, Any]) -> list[dict[str, Any]]
 # --------------------------------------------------------------------------- distribution
 
 
-def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
+def dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is not None or world_size is not None:
         r, w = int(rank or 0), int(world_size or 1)
     elif torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -419,7 +419,7 @@ def certify_dataset(
         The rows, sorted by index (on rank 0 of several: the merged rows; on other ranks:
         that rank's rows).
     """
-    r, w = _dist_info(rank, world_size)
+    r, w = dist_info(rank, world_size)
     kwargs: dict[str, Any] = dict(
         n0=n0, n=n, alpha=alpha, skip=skip, max_inputs=max_inputs, seed=seed, radius=radius,
         two_class=two_class, num_classes=num_classes, batch_size=batch_size,
@@ -442,8 +442,8 @@ def certify_dataset(
 
 def rows_to_certificate(
     rows: Sequence[dict[str, Any]], norm: str = "l2", method: str = "smoothing"
-) -> tuple[Certificate, torch.Tensor]:
-    """The rows as a ``Certificate`` and their labels (int64 [N])."""
+) -> Certificate:
+    """The rows as a ``Certificate`` carrying their labels and dataset indices."""
     if not rows:
         raise ValueError("no rows to summarise")
     cert = Certificate(
@@ -452,9 +452,10 @@ def rows_to_certificate(
         abstained=torch.tensor([r["abstained"] for r in rows], dtype=torch.bool),
         norm=norm,  # type: ignore[arg-type]
         method=method,
-        extra={"index": torch.tensor([r["index"] for r in rows], dtype=torch.int64)},
+        labels=torch.tensor([r["label"] for r in rows], dtype=torch.int64),
+        index=torch.tensor([r["index"] for r in rows], dtype=torch.int64),
     )
-    return cert, torch.tensor([r["label"] for r in rows], dtype=torch.int64)
+    return cert
 
 
 def default_radii(rows: Sequence[dict[str, Any]], step: float = 0.25) -> list[float]:
@@ -476,10 +477,10 @@ def summarize(
         ``{"n", "radii", "certified_accuracy" (list), "acr", "abstain_rate",
         "seconds", "seconds_per_input"}``.
     """
-    from bastion.metrics import average_certified_radius, certified_accuracy  # (import cycle)
 
     radii = default_radii(rows) if radii is None else [float(r) for r in radii]
-    cert, labels = rows_to_certificate(rows, norm)
+    cert = rows_to_certificate(rows, norm)
+    labels = cert.labels
     acc = certified_accuracy(cert, labels, radii)
     seconds = float(sum(float(r.get("seconds", 0.0)) for r in rows))
     return {
@@ -493,147 +494,12 @@ def summarize(
     }
 
 
-def plot_certified_accuracy(
-    runs: dict[str, Sequence[dict[str, Any]]],
-    path: str | os.PathLike,
-    *,
-    title: str | None = None,
-    norm: str = "l2",
-) -> Path:
-    """Plot certified accuracy against radius, one curve per run, to a PNG (atomic write).
-
-    Args:
-        runs: label -> rows (as returned by ``certify_dataset`` or ``read_rows``).
-        path: the PNG file.
-        title: optional title.
-        norm: the radius norm, for the axis label.
-
-    Returns:
-        The path written.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from bastion.metrics import certified_accuracy  # (import cycle)
-
-    if not runs:
-        raise ValueError("nothing to plot: runs is empty")
-    fig = Figure(figsize=(6.0, 4.0), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    top = max(max([float(r["radius"]) for r in rows] + [0.0]) for rows in runs.values())
-    top = max(top * 1.05, 0.25)
-    grid = torch.linspace(0.0, top, 400, dtype=torch.float64)
-    for label, rows in runs.items():
-        cert, labels = rows_to_certificate(rows, norm)
-        acc = certified_accuracy(cert, labels, grid)
-        ax.step(grid.numpy(), acc.numpy(), where="post", label=f"{label}, {len(rows)} inputs")
-    ax.set_xlabel(f"radius ({norm}, [0, 1] pixel units)")
-    ax.set_ylabel("certified accuracy")
-    ax.set_xlim(0.0, float(top))
-    ax.set_ylim(0.0, 1.0)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    out = Path(path)
-    atomic_write_bytes(out, buf.getvalue())
-    return out
-
-
-# --------------------------------------------------------------------------- run folders
-
-
-@dataclass(frozen=True)
-class CertifyRunResult:
-    """What ``certify_run`` produced: rows (rank 0: all), summary and files written.
-
-    ``summary`` and ``plot_path`` are None on ranks other than 0.
-    """
-
-    rows: list[dict[str, Any]]
-    summary: dict[str, Any] | None
-    out_path: Path
-    plot_path: Path | None
-
-
-def certify_run(
-    run_dir: str | os.PathLike,
-    *,
-    noise: str = "gaussian",
-    sigma: float = 0.25,
-    n0: int = 100,
-    n: int = 100_000,
-    alpha: float = 0.001,
-    n_inputs: int | None = 500,
-    skip: int = 20,
-    radius: float | None = None,
-    two_class: bool = False,
-    batch_size: int | None = None,
-    precision: Precision = "fp32",
-    out: str | os.PathLike | None = None,
-    compare: Sequence[str | os.PathLike] = (),
-    checkpoint: str = "last",
-    seed: int = 0,
-    device: str = "auto",
-    progress: Progress | None = None,
-) -> CertifyRunResult:
-    """Certify a trained run's test set (the function behind ``bastion certify``).
-
-    Loads the run's model and dataset, builds the noise with per-coordinate standard
-    deviation ``sigma`` (``noise.from_std``), runs ``certify_dataset`` into ``out``
-    (default ``run_dir/certify/<noise>-sigma<s>-n<n>-alpha<a>[-r<radius>].jsonl``), then
-    on rank 0 summarises and plots it (with the rows of the ``compare`` files) next to it.
-    """
-    from bastion.data import load_dataset
-    from bastion.runs import load_config_of, load_model, resolve_device
-
-    run_dir = Path(run_dir)
-    cfg = load_config_of(run_dir)
-    dev = resolve_device(device)
-    model = load_model(run_dir, checkpoint, dev)  # type: ignore[arg-type]
-    test = load_dataset(cfg.dataset, "test", cfg.data_dir)
-    dist = from_std(noise, sigma)
-    if out is None:
-        tag = f"{noise}-sigma{sigma:g}-n{n}-alpha{alpha:g}"
-        if radius is not None:
-            tag += f"-r{radius:g}"
-        if two_class:
-            tag += "-2class"
-        if precision != "fp32":
-            tag += f"-{precision}"
-        out = run_dir / "certify" / f"{tag}-{checkpoint}.jsonl"
-    out = Path(out)
-    rows = certify_dataset(
-        model, test.images, test.labels, dist, out_path=out, n0=n0, n=n, alpha=alpha,
-        batch_size=batch_size, skip=skip, max_inputs=n_inputs, seed=seed, radius=radius,
-        two_class=two_class, num_classes=test.num_classes, precision=precision,
-        progress=progress,
-    )
-    r, _ = _dist_info(None, None)
-    if r != 0:
-        return CertifyRunResult(rows, None, out, None)
-    summary = summarize(rows, norm=dist.norm)
-    runs = {f"{run_dir.name} ({noise} sigma={sigma:g}, n={n})": rows}
-    for other in compare:
-        runs[Path(other).stem] = read_rows(other)
-    plot = plot_certified_accuracy(runs, out.with_suffix(".png"), norm=dist.norm,
-                                   title=f"{cfg.dataset}: certified accuracy")
-    return CertifyRunResult(rows, summary, out, plot)
-
-
 __all__ = [
-    "CertifyRunResult",
     "certify_dataset",
-    "certify_run",
     "certify_shard",
     "default_radii",
     "input_seed",
     "merge_shards",
-    "plot_certified_accuracy",
     "read_header",
     "read_rows",
     "rows_to_certificate",

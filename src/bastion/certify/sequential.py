@@ -41,9 +41,9 @@ from collections.abc import Sequence
 import torch
 
 from bastion._validate import check_radius
-from bastion.certify.records import Certificate
 from bastion.certify.smoothing import Precision, SmoothedClassifier, generators_for
 from bastion.certify.stats import cp_lower, cp_upper
+from bastion.records import Certificate
 
 
 def look_schedule(

@@ -47,11 +47,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from bastion._torch import model_mode, unwrap
 from bastion._validate import check_choice, check_images
-from bastion.attacks.pgd import model_mode, unwrap
-from bastion.certify.noise import Gaussian, Noise, Uniform  # noqa: F401 (doctest)
-from bastion.certify.records import Certificate
 from bastion.certify.stats import binomial_pvalue, cp_lower, two_class_bounds
+from bastion.noise import Gaussian, Noise, Uniform  # noqa: F401 (doctest)
+from bastion.records import Certificate
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,10 @@
 from bastion.train.cat import CAT
 from bastion.train.consistency import Consistency
 from bastion.train.cure import CURE
+from bastion.train.evaluation import EvalPlan, per_epoch_evaluation
 from bastion.train.fat import FAT
 from bastion.train.gaussian_noise import GaussianNoise, NoiseAugmentation
-from bastion.train.loop import EvalPlan, History, fit
+from bastion.train.loop import fit
 from bastion.train.macer import MACER
 from bastion.train.pgd_at import PGDAT
 from bastion.train.regenerate import RegeneratedAT
@@ -14,6 +15,6 @@ from bastion.train.standard import Standard
 from bastion.train.tla import TLA
 from bastion.train.trades import TRADES
 
-__all__ = ["METHODS", "EvalPlan", "GaussianNoise", "History", "PGDAT", "Standard",
+__all__ = ["METHODS", "EvalPlan", "GaussianNoise", "per_epoch_evaluation", "PGDAT", "Standard",
            "build_method", "fit", "TRADES", "CURE", "TLA", "Consistency",
            "FAT", "CAT", "RegeneratedAT", "MACER", "NoiseAugmentation"]

@@ -13,10 +13,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from bastion._torch import model_mode, unwrap
 from bastion._validate import check_choice, check_radius
-from bastion.attacks.pgd import ATTACK_NORMS, model_mode, pgd, unwrap
+from bastion.attacks.pgd import ATTACK_NORMS, pgd
+from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import Norm, StepContext, StepOutput
+from bastion.types import Norm
 
 Smoothing = Literal["dirichlet", "uniform", "none"]
 SMOOTHINGS: tuple[str, ...] = ("dirichlet", "uniform", "none")

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bastion._records import atomic_write_json
+from bastion.records.io import atomic_write_json
 from bastion.train.state_io import join_state, split_state
 
 log = logging.getLogger(__name__)

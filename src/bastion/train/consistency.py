@@ -14,8 +14,9 @@ from bastion._validate import check_choice
 from bastion.attacks.core import AttackResult
 from bastion.attacks.pgd import check_attack_options, pgd
 from bastion.losses.consistency import js_divergence
+from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import Norm, StepContext, StepOutput
+from bastion.types import Norm
 
 Augment = Literal["crop-flip", "crop", "flip", "none"]
 AUGMENTS: tuple[str, ...] = ("crop-flip", "crop", "flip", "none")

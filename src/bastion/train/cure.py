@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion._torch import model_mode, unwrap
 from bastion._validate import check_choice
-from bastion.attacks.pgd import model_mode, unwrap
 from bastion.losses.cure import DIRECTIONS, Direction, curvature_penalty
+from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import StepContext, StepOutput
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,8 +18,9 @@ from bastion._validate import check_choice
 from bastion.attacks.core import clip_to_ball_and_box, perturbation_norm
 from bastion.attacks.minimal import fmn
 from bastion.attacks.pgd import check_attack_options, pgd
+from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import Norm, StepContext, StepOutput
+from bastion.types import Norm
 
 FATAttack = Literal["pgd-k-tau", "minimal"]
 FAT_ATTACKS: tuple[str, ...] = ("pgd-k-tau", "minimal")

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bastion._validate import check_choice
-from bastion.certify.noise import NOISES, NoiseName, from_std
+from bastion.noise import NOISES, NoiseName, from_std
+from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import StepContext, StepOutput
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,13 +2,17 @@
 
 ``fit`` is the only code that calls ``zero_grad``, ``backward`` and ``step``. A method is a
 callable ``method(model, x, y, ctx=...) -> StepOutput`` that builds the batch loss (PGD-AT,
-TRADES, MACER, ...). The loop owns batching, the learning-rate schedule, per-epoch
-evaluation, atomic checkpoints, exact resume, early stopping and DDP.
+TRADES, MACER, ...). The loop owns batching, the learning-rate schedule, the call to the
+per-epoch evaluation it is given (a callable; the loop knows no attack or harness), atomic
+checkpoints, exact resume, early stopping and DDP.
 
 Optional method hooks (duck-typed, no base class):
-    ``setup(dataset_size: int, device)`` once before training (per-example buffers);
-    ``on_epoch_start(epoch, model, train_data, generator)`` before each epoch;
-    ``state_dict()`` / ``load_state_dict(state)`` to checkpoint the method's own state.
+    ``init_state(dataset_size: int, device) -> state`` once before training: the method's
+    explicit state object (CAT's per-example radii, the regenerated set), which the loop
+    passes as ``ctx.state`` and saves and restores with the checkpoint through the state's
+    ``state_dict()`` / ``load_state_dict(d)``. The method dataclass itself stays frozen, so
+    ``dataclasses.replace`` never drops state.
+    ``on_epoch_start(epoch, model, train_data, generator, state)`` before each epoch.
 """
 
 from __future__ import annotations
@@ -16,8 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,17 +28,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bastion._records import atomic_write_bytes
-from bastion.attacks.pgd import model_mode
-from bastion.attacks.spec import AttackSpec
-from bastion.bench.harness import evaluate_attack
+from bastion._torch import model_mode
+from bastion.records import EpochRecord, History, StepContext, StepOutput
+from bastion.records.io import atomic_write_bytes
 from bastion.train.checkpoint import (
     checkpoint_dir,
     load_model_state,
     load_train_state,
     save_checkpoint,
 )
-from bastion.types import StepContext, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -53,45 +54,9 @@ class TensorData(Protocol):
     def __len__(self) -> int: ...
 
 
-@dataclass
-class History:
-    """Per-epoch records of a run (one dict per finished epoch), JSON-lines on disk."""
-
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-
-    def column(self, key: str) -> list[Any]:
-        return [e.get(key) for e in self.epochs]
-
-    def to_jsonl(self) -> str:
-        import json
-
-        return "".join(json.dumps(e) + "\n" for e in self.epochs)
-
-    @classmethod
-    def from_jsonl(cls, text: str) -> History:
-        import json
-
-        return cls([json.loads(line) for line in text.splitlines() if line.strip()])
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvalPlan:
-    """What ``fit`` measures after every epoch.
-
-    Args:
-        attack: the attack for robust accuracy (None: clean accuracy only).
-        n_test: number of fixed test points (the first ``n_test`` of the eval set).
-        n_train: number of fixed training points for train clean/robust accuracy (0: off),
-            to watch robust overfitting (Rice et al. 2020, arXiv 2002.11569).
-        batch_size: evaluation batch size.
-        seed: seed of the evaluation attack (the same every epoch).
-    """
-
-    attack: AttackSpec | None = None
-    n_test: int = 1000
-    n_train: int = 0
-    batch_size: int = 500
-    seed: int = 0
+Evaluate = Callable[[nn.Module], Mapping[str, float]]
+"""``evaluate(model) -> {"test_clean_acc": ..., ...}``: accuracies measured after an epoch
+(keys among ``records.MEASURED_KEYS``), called on rank 0 with the model in eval mode."""
 
 
 def _dist() -> tuple[int, int]:
@@ -114,23 +79,6 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator, device: to
         torch.get_device_module(device.type).set_rng_state_all(state["accelerator"])
 
 
-def _measure(
-    model: nn.Module, data: TensorData, n: int, plan: EvalPlan, prefix: str
-) -> dict[str, float]:
-    x, y = data.images[:n], data.labels[:n]
-    out: dict[str, float] = {}
-    if plan.attack is None:
-        from bastion.bench.harness import predict
-
-        pred = predict(model, x.to(next(model.parameters()).device), plan.batch_size).cpu()
-        out[f"{prefix}_clean_acc"] = float((pred == y).double().mean())
-        return out
-    r = evaluate_attack(model, x, y, plan.attack, batch_size=plan.batch_size, seed=plan.seed)
-    out[f"{prefix}_clean_acc"] = float(r.clean_correct.double().mean())
-    out[f"{prefix}_robust_acc"] = float(r.adv_correct.double().mean())
-    return out
-
-
 def fit(
     model: nn.Module,
     method: Method,
@@ -140,8 +88,7 @@ def fit(
     epochs: int,
     batch_size: int = 128,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    eval_data: TensorData | None = None,
-    eval_plan: EvalPlan | None = None,
+    evaluate: Evaluate | None = None,
     run_dir: str | os.PathLike | None = None,
     resume: bool = True,
     seed: int = 0,
@@ -164,8 +111,9 @@ def fit(
         epochs: total number of epochs (a resumed run continues up to it).
         batch_size: global batch size (split evenly across DDP ranks).
         scheduler: stepped once per optimisation step.
-        eval_data: test set for the per-epoch measurement.
-        eval_plan: what to measure after each epoch (default: clean accuracy on 1000).
+        evaluate: the per-epoch measurement, ``evaluate(model) -> {key: accuracy}``
+            (``train.evaluation.per_epoch_evaluation`` builds the usual one); None
+            measures nothing.
         run_dir: where to write checkpoints and history; None keeps everything in memory.
         resume: continue from ``run_dir``'s last checkpoint if there is one.
         seed: seeds the per-epoch shuffling and the methods' generator.
@@ -185,7 +133,6 @@ def fit(
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} must be divisible by the {world} ranks")
     device = next(model.parameters()).device
-    plan = eval_plan or EvalPlan()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
@@ -195,8 +142,7 @@ def fit(
         )
     generator = torch.Generator(device=device).manual_seed(seed + 7919 * rank)
     n = len(train_data)
-    if hasattr(method, "setup"):
-        method.setup(n, device)
+    method_state = method.init_state(n, device) if hasattr(method, "init_state") else None
 
     history = History()
     start_epoch = 0
@@ -204,18 +150,18 @@ def fit(
     since_best = 0
     if run_dir is not None and resume and (ck := checkpoint_dir(run_dir, "last")) is not None:
         load_model_state(model, ck)
-        state = load_train_state(ck)
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if hasattr(method, "load_state_dict") and state.get("method") is not None:
-            method.load_state_dict(state["method"])
-        ranks_rng = state["rng"]
+        saved = load_train_state(ck)
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler") is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        if method_state is not None and saved.get("method") is not None:
+            method_state.load_state_dict(saved["method"])
+        ranks_rng = saved["rng"]
         own = ranks_rng[rank] if rank < len(ranks_rng) else ranks_rng[0]
         _set_rng_state(own, generator, device)
-        history = History(state["history"])
-        start_epoch = int(state["epoch"])
-        best, since_best = float(state["best"]), int(state["since_best"])
+        history = History.of(saved["history"])
+        start_epoch = int(saved["epoch"])
+        best, since_best = float(saved["best"]), int(saved["since_best"])
         log.info("resumed %s at epoch %d", run_dir, start_epoch)
 
     local_bs = batch_size // world
@@ -225,7 +171,7 @@ def fit(
             break
         t0 = time.perf_counter()
         if hasattr(method, "on_epoch_start"):
-            method.on_epoch_start(epoch, model, train_data, generator)
+            method.on_epoch_start(epoch, model, train_data, generator, method_state)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
         sums: dict[str, torch.Tensor] = {}
         net.train()
@@ -238,7 +184,7 @@ def fit(
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             ctx = StepContext(epoch=epoch, step=step, index=idx.to(device), generator=generator,
-                              epochs=epochs)
+                              epochs=epochs, state=method_state)
             out = method(net, x, y, ctx=ctx)
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}")
@@ -257,28 +203,28 @@ def fit(
             packed = torch.stack([sums[k] for k in keys])
             dist.all_reduce(packed)
             sums = {k: packed[i] / world for i, k in enumerate(keys)}
-        record: dict[str, Any] = {"epoch": epoch + 1}
-        record.update({f"train_{k}": float(v) / steps_per_epoch for k, v in sums.items()})
-        record["lr"] = optimizer.param_groups[0]["lr"]
-        record["train_seconds"] = time.perf_counter() - t0
-        if rank == 0 and eval_data is not None:
+        train_logs = {f"train_{k}": float(v) / steps_per_epoch for k, v in sums.items()}
+        lr = optimizer.param_groups[0]["lr"]
+        train_seconds = time.perf_counter() - t0
+        measured: dict[str, float] = {}
+        if rank == 0 and evaluate is not None:
             with model_mode(model, False):
-                record.update(_measure(model, eval_data, plan.n_test, plan, "test"))
-                if plan.n_train:
-                    record.update(_measure(model, train_data, plan.n_train, plan, "train"))
+                measured = dict(evaluate(model))
         if world > 1:
-            box = [record]
+            box = [measured]
             dist.broadcast_object_list(box, src=0)
-            record = box[0]
-        record["seconds"] = time.perf_counter() - t0
-        score = record.get("test_robust_acc", record.get("test_clean_acc", float("nan")))
+            measured = box[0]
+        score = measured.get("test_robust_acc", measured.get("test_clean_acc", float("nan")))
         is_best = score == score and score > best
         if is_best:
             best, since_best = score, 0
         else:
             since_best += 1
-        record["best_so_far"] = best
-        history.epochs.append(record)
+        record = EpochRecord(
+            epoch=epoch + 1, lr=lr, train=train_logs, measured=measured,
+            train_seconds=train_seconds, seconds=time.perf_counter() - t0, best_so_far=best,
+        )
+        history = history.append(record)
         if run_dir is not None:
             rngs = [_rng_state(generator, device)]
             if world > 1:
@@ -290,9 +236,9 @@ def fit(
                     "epoch": epoch + 1,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": None if scheduler is None else scheduler.state_dict(),
-                    "method": method.state_dict() if hasattr(method, "state_dict") else None,
+                    "method": None if method_state is None else method_state.state_dict(),
                     "rng": rngs,
-                    "history": history.epochs,
+                    "history": history.to_dicts(),
                     "best": best,
                     "since_best": since_best,
                 }
@@ -300,9 +246,9 @@ def fit(
                 atomic_write_bytes(Path(run_dir) / "history.jsonl", history.to_jsonl().encode())
             if world > 1:
                 dist.barrier()
-        log.info("epoch %d: %s", epoch + 1, record)
+        log.info("epoch %d: %s", epoch + 1, record.to_dict())
         if on_epoch is not None:
-            on_epoch(record)
+            on_epoch(record.to_dict())
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
     return history

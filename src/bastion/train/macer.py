@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bastion.losses.macer import macer_loss
-from bastion.types import StepContext, StepOutput
+from bastion.records import StepContext, StepOutput
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bastion.attacks.pgd import check_attack_options, pgd
+from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import Norm, StepContext, StepOutput
+from bastion.types import Norm
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import bisect
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from bastion.config import ScheduleConfig
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleConfig:
+    """Learning-rate schedule over optimisation steps.
+
+    ``piecewise``: multiply by ``gamma`` at each milestone, given as fractions of training
+    (Rice et al. decay at 50% and 75%). ``cosine``: cosine decay to 0. ``onecycle``:
+    linear ramp up to ``lr`` over ``warmup`` of training, then linearly down to 0.
+    """
+
+    name: Literal["constant", "piecewise", "cosine", "onecycle"] = "piecewise"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    warmup: float = 0.0
 
 
 def build_scheduler(

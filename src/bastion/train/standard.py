@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion.types import StepContext, StepOutput
+from bastion.records import StepContext, StepOutput
 
 
 def batch_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

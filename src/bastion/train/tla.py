@@ -9,16 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion._torch import unwrap
 from bastion.attacks.core import AttackResult
-from bastion.attacks.pgd import check_attack_options, pgd, unwrap
+from bastion.attacks.pgd import check_attack_options, pgd
 from bastion.losses.tla import (
     angular_distance,
     embedding_norm_penalty,
     hardest_negatives,
     triplet_loss,
 )
+from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import Norm, StepContext, StepOutput
+from bastion.types import Norm
 
 _SHOW_NAMES = 60
 

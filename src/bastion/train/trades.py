@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion._torch import model_mode, unwrap
 from bastion.attacks.core import AttackResult
-from bastion.attacks.pgd import check_attack_options, model_mode, pgd, unwrap
+from bastion.attacks.pgd import check_attack_options, pgd
 from bastion.losses.trades import trades_kl
+from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import Norm, StepContext, StepOutput
+from bastion.types import Norm
 
 
 @dataclass(frozen=True, kw_only=True)

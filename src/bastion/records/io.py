@@ -93,10 +93,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def save_record(path: str | os.PathLike, record: Any) -> None:
     """Atomically write a record as JSON."""
-    atomic_write_bytes(path, (json.dumps(record_to_dict(record)) + "\n").encode())
+    data = record.to_dict() if hasattr(record, "to_dict") else record_to_dict(record)
+    atomic_write_bytes(path, (json.dumps(data) + "\n").encode())
 
 
 def load_record(cls: type[T], path: str | os.PathLike) -> T:
     """Read a record written by ``save_record``."""
     with open(path) as fh:
-        return record_from_dict(cls, json.load(fh))
+        data = json.load(fh)
+    from_dict = getattr(cls, "from_dict", None)
+    return from_dict(data) if from_dict is not None else record_from_dict(cls, data)
