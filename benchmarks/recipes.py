@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from bastion.attacks.spec import AttackSpec
 from bastion.attacks.evaluate import evaluate_attack
+from bastion.attacks.spec import AttackSpec
+from bastion.attacks.threat import ThreatModel
 from bastion.config import load_config
 from bastion.data import load_dataset
 from bastion.runs import load_model, train_from_config
@@ -68,7 +69,8 @@ def main() -> None:
     test = load_dataset(cfg.dataset, "test")
     x, y = test.images[: args.n], test.labels[: args.n]
     alpha = 2.5 * args.eps / args.steps
-    spec = AttackSpec(name="pgd", eps=args.eps, steps=args.steps, step_size=alpha)
+    spec = AttackSpec(name="pgd", threat=ThreatModel(eps=args.eps, steps=args.steps,
+                                                     step_size=alpha))
     res = evaluate_attack(model, x, y, spec, seed=0)
     ta = torchattacks_pgd(model, x, y, args.eps, alpha, args.steps, seed=0)
     summary = {

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bastion.certify.run import read_header, read_rows
+from bastion.certify.rowstore import read_header, read_rows
 
 
 def main() -> None:
@@ -36,15 +36,15 @@ def main() -> None:
            "--n-inputs", str(len(fixed)), "--skip", str(head["skip"]), "--radius",
            str(args.radius), "--out", str(out), "--seed", str(head["seed"])]
     subprocess.run(cmd, check=True)
-    seq = {r["index"]: r for r in read_rows(out)}
+    seq = {r.index: r for r in read_rows(out)}
     agree, passes_fixed, passes_seq = 0, 0, 0
     for r in fixed:
-        s = seq[r["index"]]
-        fixed_ok = r["correct"] and r["radius"] >= args.radius
-        seq_ok = s["correct"] and not s["abstained"]
+        s = seq[r.index]
+        fixed_ok = r.correct and r.radius >= args.radius
+        seq_ok = s.correct and not s.abstained
         agree += fixed_ok == seq_ok
-        passes_fixed += head["n0"] + r["counts"]["n"]
-        passes_seq += head["n0"] + s["counts"]["n"]
+        passes_fixed += head["n0"] + r.details["counts"]["n"]
+        passes_seq += head["n0"] + s.details["counts"]["n"]
     print(json.dumps({
         "inputs": len(fixed), "radius": args.radius, "agreement": agree / len(fixed),
         "forward_passes_fixed": passes_fixed, "forward_passes_sequential": passes_seq,

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bastion.noise import Gaussian
 from bastion.certify.smoothing import SmoothedClassifier, bf16_supported
 from bastion.data import load_dataset
 from bastion.models import build
+from bastion.noise import Gaussian
 from bastion.runs import load_model
 
 

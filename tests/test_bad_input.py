@@ -7,6 +7,7 @@ import torch
 
 from bastion.attacks.evaluate import evaluate_attack
 from bastion.attacks.spec import AttackSpec
+from bastion.attacks.threat import ThreatModel
 from bastion.data import load_dataset
 from bastion.models import build
 from bastion.runs import load_model
@@ -51,16 +52,29 @@ def test_evaluate_rejects_bad_labels():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"eps": -0.01}, ">= 0"),
-        ({"eps": 25.5}, "pixel units, not in 0-255"),
-        ({"eps": float("inf")}, "finite"),
-        ({"norm": "l1"}, "valid choices: l2, linf"),
-        ({"steps": 0}, ">= 1"),
+        ({"threat": {"eps": -0.01}}, ">= 0"),
+        ({"threat": {"eps": 25.5}}, "pixel units, not in 0-255"),
+        ({"threat": {"eps": float("inf")}}, "finite"),
+        ({"threat": {"norm": "l1"}}, "valid choices: l2, linf"),
+        ({"threat": {"steps": 0}}, ">= 1"),
+        ({"threat": {"epsilon": 0.1}}, "unknown threat key.*valid keys"),
+        ({"restarts": 0}, "restarts must be an int >= 1"),
+        ({"objective": "kl"}, "valid choices: ce, dlr, margin"),
     ],
 )
 def test_attack_spec_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AttackSpec(**kwargs)
+    if "threat" in kwargs:  # the same message from the threat model on its own
+        with pytest.raises(ValueError, match=match):
+            ThreatModel.from_dict(kwargs["threat"])
+
+
+def test_attack_spec_takes_the_attack_settings_only_through_its_threat():
+    with pytest.raises(TypeError, match="eps"):
+        AttackSpec(eps=0.1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="mapping"):
+        AttackSpec(threat=[0.1, "linf"])  # type: ignore[arg-type]
 
 
 def test_missing_run_folder(tmp_path):

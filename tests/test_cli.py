@@ -15,10 +15,13 @@ from bastion.runs import load_model
 
 TINY = {
     "dataset": "digits", "model": "mlp", "model_options": {"hidden": [32]},
-    "method": "pgd-at", "method_options": {"eps": 0.1, "steps": 2},
+    "method": "pgd-at", "method_options": {"threat": {"eps": 0.1, "steps": 2}},
     "epochs": 2, "batch_size": 50, "optim": {"lr": 0.1},
-    "eval": {"eps": 0.1, "steps": 2, "n_test": 100},
+    "eval": {"threat": {"eps": 0.1, "steps": 2}, "n_test": 100},
 }
+# TINY as configs were written before the threat model: flat attack keys.
+TINY_FLAT = {**TINY, "method_options": {"eps": 0.1, "steps": 2},
+             "eval": {"eps": 0.1, "steps": 2, "n_test": 100}}
 
 
 @pytest.fixture
@@ -85,10 +88,15 @@ def test_help_lists_defaults(capsys):
         ("optm.lr=0.1", "unknown key(s) ['optm']"),
         ("epochs=ten", "expected an integer"),
         ("method_options.epsilon=0.1", "unknown option(s) ['epsilon']"),
-        ("method_options.eps=-0.1", "eps must be >= 0"),
-        ("method_options.eps=8", "larger than"),
+        ("method_options.threat.eps=-0.1", "eps must be >= 0"),
+        ("method_options.threat.eps=8", "larger than"),
+        ("method_options.threat.epsilon=0.1", "unknown threat key(s) ['epsilon']"),
+        ("eval.threat.steps=0", "steps must be an int >= 1"),
+        ("eval.threat.norm=l1", "is not one of"),
+        ("method_options.eps=0.2", "given both as flat options and in threat"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:method 'pgd-at'.*deprecated:DeprecationWarning")
 def test_bad_config_errors(recipe, tmp_path, capsys, override, message):
     code = main(["train", str(recipe), "--out", str(tmp_path / "x"), "--set", override])
     assert code == 2
@@ -160,7 +168,11 @@ def test_demo_command_trains_then_evaluates(recipe, tmp_path, capsys):
     assert "robust accuracy (pgd-20, linf eps 0.1)" in text and str(out) in text
     hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert len(hist) == 2  # the demo budget overrides the recipe's epochs
-    assert "method_options:\n  eps: 0.1\n  steps: 5" in (out / "config.yaml").read_text()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method_options"]["threat"] == {
+        "eps": 0.1, "norm": "linf", "steps": 5, "step_size": None, "random_init": True,
+        "train_mode": False}
+    assert saved["eval"]["threat"]["steps"] == 5 and saved["eval"]["n_test"] == 500
 
 
 def test_resume_accepts_a_config_saved_before_a_new_default_key(run_dir, recipe, capsys):
@@ -169,3 +181,45 @@ def test_resume_accepts_a_config_saved_before_a_new_default_key(run_dir, recipe,
     del data["init_from"]  # as written by a version without this key
     saved.write_text(yaml.safe_dump(data))
     assert main(["train", str(recipe), "--out", str(run_dir)]) == 0
+
+
+def test_a_run_folder_written_before_the_threat_model_loads_and_resumes(
+        run_dir, recipe, tmp_path, capsys):
+    """Its config.yaml has flat method_options and eval keys: it loads (with a warning),
+    equals the nested recipe, resumes from it, and is evaluated as before."""
+    saved = run_dir / "config.yaml"
+    data = yaml.safe_load(saved.read_text())
+    data["method_options"] = {"eps": 0.1, "norm": "linf", "steps": 2, "step_size": None,
+                              "random_init": True, "attack_train_mode": False}
+    data["eval"] = {"attack": "pgd", "eps": 0.1, "norm": "linf", "steps": 2,
+                    "step_size": None, "n_test": 100, "n_train": 0, "batch_size": 500}
+    saved.write_text(yaml.safe_dump(data))
+    from bastion.runs import load_config_of
+
+    with pytest.warns(DeprecationWarning):
+        old = load_config_of(run_dir)
+    assert old == load_config(recipe)
+    assert old.method_options["threat"]["steps"] == 2 and old.eval.threat.steps == 2
+    with pytest.warns(DeprecationWarning):
+        assert main(["train", str(recipe), "--out", str(run_dir)]) == 0  # resumed: done
+    assert "different config" not in capsys.readouterr().err
+    assert "threat" in yaml.safe_load(saved.read_text())["eval"]  # rewritten, resolved
+    assert main(["eval", str(run_dir), "--steps", "3", "--n", "50"]) == 0
+    assert "robust accuracy (pgd-3, linf eps 0.1)" in capsys.readouterr().out
+    # and an old flat recipe still trains, and resumes a run written by the nested one
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(yaml.safe_dump(TINY_FLAT))
+    with pytest.warns(DeprecationWarning, match="threat"):
+        assert load_config(flat) == load_config(recipe)
+    with pytest.warns(DeprecationWarning):
+        assert main(["train", str(flat), "--out", str(run_dir)]) == 0
+
+
+def test_eval_flags_build_the_threat(run_dir, capsys):
+    assert main(["eval", str(run_dir), "--eps", "0.5", "--norm", "l2", "--steps", "4",
+                 "--n", "50"]) == 0
+    assert "robust accuracy (pgd-4, l2 eps 0.5)" in capsys.readouterr().out
+    (record,) = (run_dir / "eval").glob("pgd-l2-eps0.5-steps4-*.json")
+    params = json.loads(record.read_text())["outcomes"][0]["params"]
+    assert params["threat"] == {"eps": 0.5, "norm": "l2", "steps": 4, "step_size": None,
+                                "random_init": True, "train_mode": False}

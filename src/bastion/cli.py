@@ -8,15 +8,20 @@ run folder.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from tqdm import tqdm
 
 from bastion.attacks.spec import ATTACKS, AttackSpec
+from bastion.attacks.threat import ThreatModel
+from bastion.certify.config import CertifyConfig
 from bastion.config import load_config
 from bastion.data import load_dataset
 from bastion.runs import eval_record_path, evaluate_run, load_config_of, train_from_config
@@ -72,8 +77,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _attack_from_args(args: argparse.Namespace) -> AttackSpec:
-    return AttackSpec(name=args.attack, eps=args.eps, norm=args.norm, steps=args.steps,
-                      step_size=args.step_size, restarts=args.restarts, objective=args.objective)
+    threat = ThreatModel(eps=args.eps, norm=args.norm, steps=args.steps,
+                         step_size=args.step_size)
+    return AttackSpec(name=args.attack, threat=threat, restarts=args.restarts,
+                      objective=args.objective)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -100,53 +107,91 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+C = TypeVar("C")
+
+
+def _add_config_options(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
+    """One ``--option`` per field of the frozen dataclass ``cls`` (``n_inputs`` ->
+    ``--n-inputs``): the type, ``Literal`` choices, default and ``metadata["help"]`` come
+    from the field; a bool defaulting to False is a flag. ``X | None`` takes an ``X``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            kinds = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(kinds) != 1:
+                raise TypeError(f"{cls.__name__}.{f.name}: cannot map {tp} to an option")
+            tp = kinds[0]
+        flag = "--" + f.name.replace("_", "-")
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name} has no default")
+        kw: dict[str, Any] = {"default": default, "help": f.metadata.get("help")}
+        if tp is bool:
+            action = "store_true" if default is False else argparse.BooleanOptionalAction
+            parser.add_argument(flag, action=action, **kw)
+        elif typing.get_origin(tp) is Literal:
+            choices = typing.get_args(tp)
+            parser.add_argument(flag, type=type(choices[0]), choices=choices, **kw)
+        elif tp in (int, float, str):
+            parser.add_argument(flag, type=tp, **kw)
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: cannot map {tp} to an option")
+
+
+def _config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    """The dataclass ``cls`` from the options ``_add_config_options`` added (validated by
+    its ``__post_init__``)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+
+
 def cmd_certify(args: argparse.Namespace) -> int:
     """Randomized-smoothing certification of a run's test set (rows written as it goes)."""
     from bastion.bench.plots import plot_certified_accuracy
-    from bastion.certify.run import read_header, read_rows, rows_to_certificate, summarize
+    from bastion.certify.rowstore import read_header, read_rows
+    from bastion.certify.summary import rows_to_certificate, summarize
     from bastion.runs import certify_run
 
+    config = _config_from_args(CertifyConfig, args)  # every setting checked before any work
     bars: list[tqdm] = []
 
     def progress(done: int, total: int) -> None:
         if not bars:  # created once the run is loaded, so errors print cleanly
             bars.append(tqdm(total=total, initial=done, unit="img", dynamic_ncols=True,
-                             desc=f"certify {args.noise} sigma={args.sigma:g}"))
+                             desc=f"certify {config.noise} sigma={config.sigma:g}"))
         bars[0].n = done
         bars[0].refresh()
 
     try:
-        res = certify_run(
-            args.run_dir, noise=args.noise, sigma=args.sigma, n0=args.n0, n=args.n,
-            alpha=args.alpha, n_inputs=args.n_inputs, skip=args.skip, radius=args.radius,
-            two_class=args.two_class, batch_size=args.batch_size, precision=args.precision,
-            out=args.out, checkpoint=args.checkpoint, seed=args.seed,
-            device=args.device, progress=progress,
-        )
+        res = certify_run(args.run_dir, config, out=args.out, progress=progress)
     finally:
         for bar in bars:
             bar.close()
     if res.summary is None:  # a rank other than 0 under torchrun
         return 0
     s = res.summary
-    norm = str(read_header(res.out_path)["norm"])
-    curves = {f"{Path(args.run_dir).name} ({args.noise} sigma={args.sigma:g}, n={args.n})":
-              rows_to_certificate(res.rows, norm)}
+    norm = read_header(res.out_path)["norm"]
+    curves = {f"{Path(args.run_dir).name} ({config.noise} sigma={config.sigma:g}, "
+              f"n={config.n})": rows_to_certificate(res.rows, norm)}
     for other in args.compare:
         curves[Path(other).stem] = rows_to_certificate(read_rows(other), norm)
     plot_path = plot_certified_accuracy(curves, res.out_path.with_suffix(".png"),
                                         title=f"{load_config_of(args.run_dir).dataset}: "
                                         "certified accuracy")
     rows: list[tuple[str, Any]] = [("points", s["n"]), ("abstained", s["abstain_rate"])]
-    if args.radius is None:
+    if config.radius is None:
         rows += [(f"certified accuracy at r={r:g}", a)
                  for r, a in zip(s["radii"], s["certified_accuracy"], strict=True)]
         rows += [("ACR", f"{s['acr']:.4f}")]
     else:  # the sequential test answers one question: certified at this radius or not
-        acc_r = summarize(res.rows, [args.radius])["certified_accuracy"][0]
-        draws = sum(int(r["counts"]["n"]) for r in res.rows) / max(1, len(res.rows))
-        rows += [(f"certified accuracy at r={args.radius:g}", acc_r),
-                 ("noise draws per input (mean, after n0)", f"{draws:.0f} of at most {args.n}")]
+        acc_r = summarize(res.rows, [config.radius], norm)["certified_accuracy"][0]
+        draws = sum(int(r.details["counts"]["n"]) for r in res.rows) / max(1, len(res.rows))
+        rows += [(f"certified accuracy at r={config.radius:g}", acc_r),
+                 ("noise draws per input (mean, after n0)",
+                  f"{draws:.0f} of at most {config.n}")]
     rows += [("seconds", f"{s['seconds']:.1f}")]
     print(_table(rows))
     print(f"rows: {res.out_path}\nplot: {plot_path}")
@@ -155,7 +200,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
 DEMO_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "pgd-at.yaml"
 # the recipe at a demo budget: 2 epochs, PGD-5 inner attack, PGD-5 per-epoch check
-DEMO_OVERRIDES = ["epochs=2", "method_options.steps=5", "eval.steps=5", "eval.n_test=500"]
+DEMO_OVERRIDES = ["epochs=2", "method_options.threat.steps=5", "eval.threat.steps=5",
+                  "eval.n_test=500"]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -166,8 +212,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cmd_train(ns)
     cfg = load_config_of(out)
     n_test = len(load_dataset(cfg.dataset, "test", cfg.data_dir))
-    ev = argparse.Namespace(run_dir=str(out), attack="pgd", eps=cfg.eval.eps,
-                            norm=cfg.eval.norm, steps=20, step_size=None, restarts=1,
+    ev = argparse.Namespace(run_dir=str(out), attack="pgd", eps=cfg.eval.threat.eps,
+                            norm=cfg.eval.threat.norm, steps=20, step_size=None, restarts=1,
                             objective="ce", n=min(1000, n_test), checkpoint="last",
                             batch_size=250, seed=0)
     return cmd_eval(ev)
@@ -207,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eps", type=float, default=0.1, help="radius in [0, 1] pixel units")
     e.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat-model norm")
     e.add_argument("--steps", type=int, default=20, help="PGD steps")
-    e.add_argument("--step-size", type=float, default=None, help="default 2.5*eps/steps")
+    e.add_argument("--step-size", type=float, default=None,
+                   help="PGD step; default 2.5*eps/steps for linf, eps/2 for l2")
     e.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
     e.add_argument("--objective", default="ce", choices=("ce", "margin", "dlr"),
                    help="loss the attack maximises")
@@ -221,33 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("certify", help="randomized-smoothing certification of a run's test set",
                        formatter_class=fmt)
     c.add_argument("run_dir", help="run folder written by 'bastion train'")
-    c.add_argument("--sigma", type=float, default=0.25,
-                   help="noise standard deviation per pixel ([0, 1] units)")
-    c.add_argument("--noise", default="gaussian", choices=("gaussian", "laplace", "uniform"),
-                   help="noise distribution: gaussian (l2 radii), laplace or uniform (l1)")
-    c.add_argument("--n0", type=int, default=100, help="draws that choose the top class")
-    c.add_argument("--n", type=int, default=100_000,
-                   help="draws that bound its probability (sequential mode: the most draws)")
-    c.add_argument("--alpha", type=float, default=0.001, help="failure probability per input")
-    c.add_argument("--n-inputs", type=int, default=500, help="test images to certify")
-    c.add_argument("--skip", type=int, default=20, help="certify every skip-th test image")
-    c.add_argument("--radius", type=float, default=None,
-                   help="certify only this radius, by a sequential test that stops early")
-    c.add_argument("--two-class", action="store_true",
-                   help="two-class radius sigma/2 (Phi^-1(pA) - Phi^-1(pB))")
-    c.add_argument("--batch-size", type=int, default=None,
-                   help="noisy images per forward pass (default: measured)")
-    c.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                   help="bf16 autocast where the hardware supports it (recorded)")
+    _add_config_options(c, CertifyConfig)
     c.add_argument("--out", default=None,
                    help="JSONL rows file (default RUN_DIR/certify/<settings>.jsonl); resumed")
     c.add_argument("--compare", action="extend", nargs="+", default=[], metavar="JSONL",
                    help="other certification files to draw on the same plot (one or more; "
                    "the flag may repeat)")
-    c.add_argument("--checkpoint", default="last", choices=("last", "best"),
-                   help="end-of-training or best checkpoint")
-    c.add_argument("--seed", type=int, default=0, help="seed of the noise (per input)")
-    c.add_argument("--device", default="auto", help="'auto', 'cpu' or an accelerator name")
     c.set_defaults(func=cmd_certify)
 
     d = sub.add_parser("demo", help="PGD-AT on Fashion-MNIST, then PGD-20 evaluation",

@@ -3,6 +3,13 @@
 YAML is read with ``yaml.safe_load``. Unknown or mistyped keys are errors that name the
 valid keys; ``--set a.b=value`` overrides are parsed as YAML scalars and checked the same
 way. ``dataclasses.replace`` is how to sweep.
+
+Attack settings are one nested threat model (``attacks.threat.ThreatModel``) in both
+places a run attacks: ``method_options: {threat: {eps: 0.1, steps: 7}}`` and
+``eval: {attack: pgd, threat: {eps: 0.1, steps: 10}}`` (``--set eval.threat.steps=5``).
+Configs written before, with flat ``eps`` / ``norm`` / ``steps`` / ``step_size`` keys in
+either place, still load: the keys are folded into ``threat`` with a
+``DeprecationWarning``.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -17,8 +25,9 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from bastion.attacks.spec import AttackName
+from bastion.attacks.threat import ThreatModel
+from bastion.train.registry import canonical_method_options
 from bastion.train.schedules import ScheduleConfig
-from bastion.types import Norm
 
 T = TypeVar("T")
 
@@ -36,16 +45,26 @@ class OptimConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    """The per-epoch (and final) evaluation: an attack on fixed test points."""
+    """The per-epoch (and final) evaluation: an attack on fixed test points.
+
+    Args:
+        attack: the attack's name (``attacks.spec.ATTACKS``); None: clean accuracy only.
+        threat: its threat model (default ``ThreatModel()``: L-inf eps 0.1, 10 steps,
+            step None = the evaluation rule of ``AttackSpec``, random start). From YAML a
+            mapping, e.g. ``{eps: 0.1, norm: linf, steps: 10}``.
+        n_test: number of fixed test points.
+        n_train: number of fixed training points also measured (0: none).
+        batch_size: evaluation batch size.
+    """
 
     attack: AttackName | None = "pgd"
-    eps: float = 0.1
-    norm: Norm = "linf"
-    steps: int = 10
-    step_size: float | None = None
+    threat: ThreatModel = ThreatModel()
     n_test: int = 1000
     n_train: int = 0
     batch_size: int = 500
+
+    # The flat keys of configs written before ``threat`` (folded into it by ``from_dict``).
+    LEGACY_THREAT_KEYS: typing.ClassVar[tuple[str, ...]] = ("eps", "norm", "steps", "step_size")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +93,34 @@ class TrainConfig:
     patience: int | None = None
     device: str = "auto"
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        # One stored form of the method's options: legacy flat attack keys folded into a
+        # complete ``threat`` dict, so old and new spellings of a run compare equal.
+        object.__setattr__(
+            self, "method_options", canonical_method_options(self.method, self.method_options)
+        )
+
+
+def _fold_legacy_eval(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """``eval`` written with flat ``eps`` / ``norm`` / ``steps`` / ``step_size``: nest them."""
+    flat = {k: data[k] for k in EvalConfig.LEGACY_THREAT_KEYS if k in data}
+    if not flat:
+        return data
+    warnings.warn(
+        f"{path}: the keys {sorted(flat)} are deprecated; write them under {path}.threat "
+        f"(e.g. {path.rsplit('.', 1)[-1]}: {{attack: pgd, threat: {{eps: 0.1, steps: 10}}}})",
+        DeprecationWarning, stacklevel=4,
+    )
+    threat = data.get("threat", {})
+    if not isinstance(threat, dict):
+        raise TypeError(f"{path}.threat: expected a mapping, got {threat!r}")
+    both = sorted(set(flat) & set(threat))
+    if both:
+        raise ValueError(f"{path}: {both} given both flat and under {path}.threat; keep only "
+                         "the threat entries")
+    rest = {k: v for k, v in data.items() if k not in flat}
+    return {**rest, "threat": {**threat, **flat}}
 
 
 def _check_value(value: Any, tp: Any, path: str) -> Any:
@@ -131,6 +178,8 @@ def _check_value(value: Any, tp: Any, path: str) -> Any:
 
 def from_dict(cls: type[T], data: dict[str, Any], path: str = "config") -> T:
     """Build dataclass ``cls`` from a plain dict, rejecting unknown keys and wrong types."""
+    if cls is EvalConfig and isinstance(data, dict):
+        data = _fold_legacy_eval(data, path)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = [k for k in data if k not in names]

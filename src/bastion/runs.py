@@ -20,13 +20,15 @@ from torch import nn
 
 from bastion.attacks.evaluate import evaluate_attack
 from bastion.attacks.spec import AttackSpec
-from bastion.certify.run import certify_dataset, dist_info, summarize
-from bastion.certify.smoothing import Precision
+from bastion.certify.config import CertifyConfig
+from bastion.certify.pipeline import certify_dataset, dist_info
+from bastion.certify.registry import smoothing_certifier
+from bastion.certify.summary import summarize
 from bastion.config import TrainConfig, dump_config, from_dict, to_dict
 from bastion.data import load_dataset
 from bastion.models import architecture_signature, build
 from bastion.noise import from_std
-from bastion.records import EvalResult, History
+from bastion.records import CertificationRow, EvalResult, History
 from bastion.records.io import atomic_write_bytes, atomic_write_json, save_record
 from bastion.train.checkpoint import Which, checkpoint_dir, load_model_state
 from bastion.train.evaluation import EvalPlan, per_epoch_evaluation
@@ -103,11 +105,11 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def eval_attack(cfg: TrainConfig) -> AttackSpec | None:
-    """The per-epoch attack of a config (None: clean accuracy only)."""
+    """The per-epoch attack of a config (None: clean accuracy only), in ``cfg.eval.threat``."""
     e = cfg.eval
     if e.attack is None:
         return None
-    return AttackSpec(name=e.attack, eps=e.eps, norm=e.norm, steps=e.steps, step_size=e.step_size)
+    return AttackSpec(name=e.attack, threat=e.threat)
 
 
 def train_from_config(
@@ -280,73 +282,69 @@ def evaluate_run(
 
 @dataclass(frozen=True)
 class CertifyRunResult:
-    """What ``certify_run`` produced: rows (rank 0: all), summary and files written.
+    """What ``certify_run`` produced: rows (rank 0: all), summary and the rows file.
 
     ``summary`` is None on ranks other than 0.
     """
 
-    rows: list[dict[str, Any]]
+    rows: list[CertificationRow]
     summary: dict[str, Any] | None
     out_path: Path
 
 
+def certify_record_path(run_dir: str | os.PathLike, config: CertifyConfig) -> Path:
+    """Where ``certify_run`` writes its rows by default:
+    ``run_dir/certify/<config.file_tag()>.jsonl``, a name that spells out every setting
+    that changes the rows (noise, sigma, n0, n, alpha, seed, skip, n_inputs, radius,
+    two_class, precision, checkpoint)."""
+    return Path(run_dir) / "certify" / f"{config.file_tag()}.jsonl"
+
+
 def certify_run(
     run_dir: str | os.PathLike,
+    config: CertifyConfig,
     *,
-    noise: str = "gaussian",
-    sigma: float = 0.25,
-    n0: int = 100,
-    n: int = 100_000,
-    alpha: float = 0.001,
-    n_inputs: int | None = 500,
-    skip: int = 20,
-    radius: float | None = None,
-    two_class: bool = False,
-    batch_size: int | None = None,
-    precision: Precision = "fp32",
     out: str | os.PathLike | None = None,
-    checkpoint: str = "last",
-    seed: int = 0,
-    device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> CertifyRunResult:
-    """Certify a trained run's test set (the function behind ``bastion certify``).
+    """Certify a trained run's test set with randomized smoothing (behind ``bastion certify``).
 
-    Loads the run's model and dataset, builds the noise with per-coordinate standard
-    deviation ``sigma`` (``noise.from_std``), runs ``certify_dataset`` into ``out``
-    (default ``run_dir/certify/<noise>-sigma<s>-n<n>-alpha<a>[-r<radius>].jsonl``), then
-    on rank 0 summarises it (``bench.plots.plot_certified_accuracy`` draws it).
+    Loads the run's model (``config.checkpoint``) and test set, builds the noise with
+    per-coordinate standard deviation ``config.sigma`` (``noise.from_std``) and certifies
+    every ``skip``-th test image (at most ``n_inputs``) with CERTIFY, or the sequential test
+    at ``config.radius``, into ``out`` (default ``certify_record_path(run_dir, config)``;
+    resumed if it exists). On rank 0 it then summarises the rows
+    (``bench.plots.plot_certified_accuracy`` draws them). ``config`` is validated when it
+    is built, and everything else (the run folder, the certifier's settings) before any
+    file is written.
     """
+    if not isinstance(config, CertifyConfig):
+        raise TypeError(f"config must be a CertifyConfig, got {type(config).__name__}")
     run_dir = Path(run_dir)
     cfg = load_config_of(run_dir)
-    dev = resolve_device(device)
-    model = load_model(run_dir, checkpoint, dev)  # type: ignore[arg-type]
+    out_path = Path(out) if out is not None else certify_record_path(run_dir, config)
+    if out_path.is_dir():
+        raise ValueError(f"out must be a file path, got the folder {str(out_path)!r}")
+    model = load_model(run_dir, config.checkpoint, resolve_device(config.device))
     test = load_dataset(cfg.dataset, "test", cfg.data_dir)
-    dist = from_std(noise, sigma)
-    if out is None:
-        tag = f"{noise}-sigma{sigma:g}-n{n}-alpha{alpha:g}"
-        if radius is not None:
-            tag += f"-r{radius:g}"
-        if two_class:
-            tag += "-2class"
-        if precision != "fp32":
-            tag += f"-{precision}"
-        out = run_dir / "certify" / f"{tag}-{checkpoint}.jsonl"
-    out = Path(out)
-    rows = certify_dataset(
-        model, test.images, test.labels, dist, out_path=out, n0=n0, n=n, alpha=alpha,
-        batch_size=batch_size, skip=skip, max_inputs=n_inputs, seed=seed, radius=radius,
-        two_class=two_class, num_classes=test.num_classes, precision=precision,
-        progress=progress,
+    noise = from_std(config.noise, config.sigma)
+    certifier = smoothing_certifier(
+        model, noise, num_classes=test.num_classes, n0=config.n0, n=config.n,
+        alpha=config.alpha, radius=config.radius, two_class=config.two_class,
+        batch_size=config.batch_size, precision=config.precision,
     )
-    r, _ = dist_info(None, None)
-    if r != 0:
-        return CertifyRunResult(rows, None, out)
-    return CertifyRunResult(rows, summarize(rows, norm=dist.norm), out)
+    rows = certify_dataset(
+        certifier, test.images, test.labels, out_path=out_path, skip=config.skip,
+        max_inputs=config.n_inputs, seed=config.seed, progress=progress,
+    )
+    if dist_info().rank != 0:
+        return CertifyRunResult(rows, None, out_path)
+    return CertifyRunResult(rows, summarize(rows, norm=noise.norm), out_path)
 
 
 __all__ = [
     "CertifyRunResult",
+    "certify_record_path",
     "certify_run",
     "eval_record_path",
     "evaluate_run",

@@ -9,6 +9,7 @@ from torch import nn
 
 from bastion.attacks.evaluate import evaluate_attack
 from bastion.attacks.spec import AttackSpec
+from bastion.attacks.threat import ThreatModel
 from bastion.data import load_dataset
 from bastion.train import Standard, fit
 
@@ -29,8 +30,9 @@ def trained():
 def test_apgd_in_ball_and_not_weaker_than_pgd(trained, name):
     test = load_dataset("digits", "test")
     x, y = test.images[:120], test.labels[:120]
-    pgd = evaluate_attack(trained, x, y, AttackSpec(eps=0.08, steps=10))
-    apgd = evaluate_attack(trained, x, y, AttackSpec(name=name, eps=0.08, steps=20))
+    pgd = evaluate_attack(trained, x, y, AttackSpec(threat=ThreatModel(eps=0.08, steps=10)))
+    spec = AttackSpec(name=name, threat=ThreatModel(eps=0.08, steps=20))
+    apgd = evaluate_attack(trained, x, y, spec)
     assert float(apgd.only().perturbation.max()) <= 0.08 + 1e-6
     assert float(apgd.clean_correct.double().mean()) > 0.85
     assert int(apgd.adv_correct().sum()) <= int(pgd.adv_correct().sum()) + 2

@@ -1,12 +1,23 @@
-"""Minimal-perturbation attacks: closed forms on affine models, boxes, flags and contracts."""
+"""Minimal-perturbation attacks: closed forms on affine models, boxes, flags and contracts,
+and their per-example record (``evaluate_minimal``) with the two named averages."""
 
 from __future__ import annotations
+
+import doctest
+import math
 
 import pytest
 import torch
 from torch import nn
 
+import bastion.attacks.evaluate
 from bastion.attacks import MinimalResult, fmn, minimal_eps_by_bisection, perturbation_norm
+from bastion.attacks.evaluate import evaluate_minimal
+from bastion.metrics import (
+    average_perturbation,
+    average_perturbation_of_successes,
+    robust_accuracy,
+)
 from bastion.models import build
 
 
@@ -106,7 +117,15 @@ def test_clean_misclassified_points_have_norm_zero():
         assert r.success.all()
         assert (r.norm == 0).all()
         assert torch.equal(r.x_adv, x)
-        assert r.mean_norm() == 0.0
+    # in the record they are not attacked: no flip, eq. (3) is 0, of-successes undefined
+    for attack, kw in (("fmn", {}), ("bisection", {"eps_max": 0.3, "search_steps": 3})):
+        res = evaluate_minimal(model, x, y_wrong, attack=attack, steps=5, **kw)
+        o = res.only()
+        assert torch.equal(o.adv_pred, res.clean_pred) and torch.equal(o.perturbation,
+                                                                       torch.zeros(6))
+        assert average_perturbation(res) == 0.0
+        assert math.isnan(average_perturbation_of_successes(res))
+        assert robust_accuracy(res) == 0.0
 
 
 def test_unfoolable_model_reports_failure_without_inf_or_nan():
@@ -121,7 +140,13 @@ def test_unfoolable_model_reports_failure_without_inf_or_nan():
         assert not r.success.any()
         assert torch.equal(r.x_adv, x)
         assert torch.equal(r.norm, torch.zeros(5))
-        assert torch.isnan(torch.tensor(r.mean_norm()))
+    for attack, kw in (("fmn", {}), ("bisection", {"eps_max": 1.0, "search_steps": 3})):
+        res = evaluate_minimal(model, x, y, attack=attack, steps=3, **kw)
+        o = res.only()
+        assert torch.equal(o.adv_pred, y) and torch.equal(o.perturbation, torch.zeros(5))
+        assert average_perturbation(res) == 0.0
+        assert math.isnan(average_perturbation_of_successes(res))
+        assert robust_accuracy(res) == 1.0  # eps=None: inf, every point survives
 
 
 def test_batch_of_one_and_mode_and_grads_restored():
@@ -154,3 +179,79 @@ def test_bad_input_is_rejected_early():
         minimal_eps_by_bisection(model, x, y, eps_max=0.0)
     with pytest.raises(TypeError, match="int64"):
         fmn(model, x, y.float())  # type: ignore[arg-type]
+
+
+def _mixed_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """8 interior points of the affine model, points 1 and 4 relabelled (clean-wrong)."""
+    model = _linear_two_class()
+    x, y = _interior_batch(model, 8)
+    d = _closed_form(model, x, y, "linf")
+    y = y.clone()
+    y[[1, 4]] = 1 - y[[1, 4]]
+    return model, x, y, d
+
+
+@pytest.mark.parametrize("attack", ["fmn", "bisection"])
+def test_evaluate_minimal_record_matches_closed_form_and_both_averages(attack):
+    model, x, y, d = _mixed_batch()
+    kw = {"eps_max": 0.3, "search_steps": 14, "options": {"random_init": False}} \
+        if attack == "bisection" else {}
+    steps = 100 if attack == "fmn" else 8
+    res = evaluate_minimal(model, x, y, attack=attack, steps=steps, batch_size=3, **kw)
+    o = res.only(attack=attack)
+    assert o.eps == math.inf and o.norm == "linf" and len(res) == 8
+    assert o.params["attack"] == attack and o.params["steps"] == steps
+    cc = res.clean_correct
+    assert cc.tolist() == [True, False, True, True, False, True, True, True]
+    # clean-misclassified points: not attacked
+    assert torch.equal(o.adv_pred[~cc], res.clean_pred[~cc])
+    assert torch.equal(o.perturbation[~cc], torch.zeros(2))
+    # clean-correct points: all flipped at the distance to the boundary
+    assert (o.adv_pred[cc] != y[cc]).all()
+    tol = 1e-3 * float(d.max()) + 1e-5 if attack == "fmn" else 0.3 / 2**14 + 1e-5
+    torch.testing.assert_close(o.perturbation[cc].double(), d[cc].double(), rtol=0, atol=tol)
+    # eq. (3): sum of the found norms / all 8 points; of successes: / the 6 flipped
+    total = float(o.perturbation[cc].double().sum())
+    assert average_perturbation(res) == pytest.approx(total / 8)
+    assert average_perturbation_of_successes(res) == pytest.approx(total / 6)
+    # robust accuracy against the attack at a radius: clean-correct and distance > r
+    r = float(d[cc].median())
+    assert robust_accuracy(res, eps=r) == pytest.approx(
+        float((cc & (o.perturbation.double() > r * (1 + 1e-5) + 1e-6)).sum()) / 8)
+
+
+def test_evaluate_minimal_fmn_batches_and_mode():
+    model, x, y, _ = _mixed_batch()
+    model.train()
+    a = evaluate_minimal(model, x, y, steps=30, batch_size=8)
+    b = evaluate_minimal(model, x, y, steps=30, batch_size=3, index=torch.arange(10, 18))
+    assert model.training
+    assert torch.equal(a.only().adv_pred, b.only().adv_pred)
+    torch.testing.assert_close(a.only().perturbation, b.only().perturbation)
+    assert b.index.tolist() == list(range(10, 18))
+    seen: list[int] = []
+    evaluate_minimal(model, x, y, steps=2, batch_size=3, progress=seen.append)
+    assert seen == [3, 3, 2]
+
+
+def test_evaluate_minimal_rejects_bad_arguments():
+    model = _linear_two_class()
+    x, y = _interior_batch(model, 2)
+    with pytest.raises(ValueError, match="needs eps_max"):
+        evaluate_minimal(model, x, y, attack="bisection")
+    with pytest.raises(ValueError, match="bisection"):
+        evaluate_minimal(model, x, y, eps_max=0.3)
+    with pytest.raises(ValueError, match="valid choices"):
+        evaluate_minimal(model, x, y, attack="pgd")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="valid choices"):
+        evaluate_minimal(model, x, y, norm="l1")
+    with pytest.raises(ValueError, match="options may not set"):
+        evaluate_minimal(model, x, y, options={"steps": 3})
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate_minimal(model, x, y, batch_size=0)
+    with pytest.raises(TypeError, match="int64"):
+        evaluate_minimal(model, x, y.float())  # type: ignore[arg-type]
+
+
+def test_evaluate_docstring_example_runs():
+    assert doctest.testmod(bastion.attacks.evaluate, raise_on_error=True).attempted > 0

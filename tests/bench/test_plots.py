@@ -1,13 +1,15 @@
-"""Training-curve plots: a valid PNG, written atomically, for one run or several."""
+"""Training-curve and certified-accuracy plots: a valid PNG, written atomically."""
 
 from __future__ import annotations
 
 import struct
 
 import pytest
+import torch
 
-from bastion.bench.plots import plot_history
-from bastion.records import History
+from bastion.bench.plots import plot_certified_accuracy, plot_history
+from bastion.certify.summary import rows_to_certificate
+from bastion.records import CertificationRow, History
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -80,3 +82,24 @@ def test_panel_titles_name_only_the_splits_drawn():
     assert _panel_title("robust", ["test_robust_acc"]) == "robust test"
     assert _panel_title("clean", ["test_clean_acc"]) == "clean test"
     assert _panel_title("", ["train_loss"]) == "accuracy: train"
+
+
+def _fake_rows(seed: int, scale: float) -> list[CertificationRow]:
+    g = torch.Generator().manual_seed(seed)
+    r = torch.rand(50, generator=g) * scale
+    return [CertificationRow(index=i, label=0, prediction=0,
+                             radius=float(r[i]) if r[i] >= 0.05 else 0.0,
+                             abstained=bool(r[i] < 0.05)) for i in range(50)]
+
+
+def test_certified_accuracy_plot_writes_a_png(tmp_path):
+    curves = {"sigma=0.25": rows_to_certificate(_fake_rows(0, 1.0)),
+              "sigma=0.5": rows_to_certificate(_fake_rows(1, 2.0))}
+    out = plot_certified_accuracy(curves, tmp_path / "plots" / "curve.png", title="test")
+    data = out.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000
+    assert not list((tmp_path / "plots").glob(".*tmp"))  # atomic write left nothing behind
+    with pytest.raises(ValueError, match="several norms"):
+        plot_certified_accuracy({"a": curves["sigma=0.25"],
+                                 "b": rows_to_certificate(_fake_rows(2, 1.0), norm="l1")},
+                                tmp_path / "mixed.png")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bastion.certify.sequential import certify_radius, look_schedule
+from bastion.certify.sequential import Look, SequentialCertifier, certify_radius, look_schedule
 from bastion.certify.smoothing import SmoothedClassifier
 from bastion.noise import Gaussian, Uniform
 
@@ -26,12 +26,12 @@ def gens(k: int, seed: int = 0) -> list[torch.Generator]:
 
 def test_look_schedule_spends_exactly_alpha() -> None:
     looks = look_schedule(100, 100_000, 2.0, 0.001)
-    sizes = [n for n, _ in looks]
+    sizes = [look.n for look in looks]
     assert sizes[0] == 100 and sizes[-1] == 100_000
     assert all(b > a for a, b in zip(sizes, sizes[1:], strict=False))
-    assert sum(a for _, a in looks) == pytest.approx(0.001)
-    assert looks[-1][1] == pytest.approx(0.0005)
-    assert look_schedule(50, 50, 2.0, 0.01) == [(50, 0.01)]
+    assert sum(look.alpha for look in looks) == pytest.approx(0.001)
+    assert looks[-1].alpha == pytest.approx(0.0005)
+    assert look_schedule(50, 50, 2.0, 0.01) == [Look(n=50, alpha=0.01)]
     with pytest.raises(ValueError):
         look_schedule(200, 100, 2.0, 0.01)
     with pytest.raises(ValueError):
@@ -89,3 +89,24 @@ def test_bad_radius() -> None:
     smooth = SmoothedClassifier(threshold_model(0.1), Gaussian(), 2, "contiguous")
     with pytest.raises(ValueError, match="radius"):
         certify_radius(smooth, torch.zeros(1, 1, 1, 1), -0.1, batch_size=8)
+
+
+def test_sequential_certifier_wraps_the_test() -> None:
+    x = torch.linspace(0.0, 1.0, 9).view(-1, 1, 1, 1)
+    smooth = SmoothedClassifier(threshold_model(0.4), Gaussian(sigma=0.25), 2, "contiguous")
+    seq = SequentialCertifier(smoothed=smooth, radius=0.2, n0=20, n_max=2000, n_first=50,
+                              alpha=0.01, batch_size=512)
+    cert = seq.certify(x, gens(9))
+    ref = certify_radius(smooth, x, 0.2, n0=20, n_max=2000, n_first=50, alpha=0.01,
+                         batch_size=512, generator=gens(9))
+    assert torch.equal(cert.radius, ref.radius) and torch.equal(cert.extra["n"], ref.extra["n"])
+    d = seq.details(cert, 0)
+    assert list(d) == ["counts", "p_lower"] and list(d["counts"]) == ["nA", "n", "looks"]
+    head = seq.header(x[:1], {"seed": 0, "skip": 1, "num_images": 9})
+    assert head["mode"] == "sequential" and head["n"] == 2000 and head["radius"] == 0.2
+    assert list(head)[-4:] == ["mode", "radius", "n_first", "growth"]
+    with pytest.raises(ValueError, match="radius"):
+        SequentialCertifier(smoothed=smooth, radius=-1.0)
+    with pytest.raises(ValueError, match="n_first"):
+        SequentialCertifier(smoothed=smooth, radius=0.1, n_first=500, n_max=100)
+    assert SequentialCertifier.small(threshold_model(0.4), 2).radius == 0.1

@@ -10,9 +10,15 @@ import torch
 from scipy import stats as sps
 from torch import nn
 
-import bastion.certify.smoothing as smoothing
+import bastion.certify.forward as forward
 from bastion.attacks.pgd import pgd
-from bastion.certify.smoothing import SmoothedClassifier, generators_for, tune
+from bastion.certify.forward import ForwardPlan, tune
+from bastion.certify.smoothing import (
+    CohenCertifier,
+    PredictCertifier,
+    SmoothedClassifier,
+    generators_for,
+)
 from bastion.certify.stats import binomial_pvalue, cp_lower
 from bastion.models import build
 from bastion.noise import Gaussian, Laplace, Uniform
@@ -304,29 +310,34 @@ def test_tune_measures_once_and_caches(monkeypatch) -> None:
     torch.manual_seed(0)
     model = build("small-cnn", num_classes=3, in_channels=1, input_size=16, zero_init_last=False)
     x = torch.rand(1, 1, 16, 16)
-    fmt, bs = tune(model, x, batch_sizes=(8, 16), min_seconds=0.0)
-    assert fmt in ("contiguous", "channels_last") and bs in (8, 16)
+    plan = tune(model, x, batch_sizes=(8, 16), min_seconds=0.0)
+    assert plan.memory_format in ("contiguous", "channels_last") and plan.batch_size in (8, 16)
     calls = []
-    monkeypatch.setattr(smoothing, "_time_forward", lambda *a, **k: calls.append(1) or 1.0)
-    assert tune(model, x, batch_sizes=(8, 16), min_seconds=0.0) == (fmt, bs)
+    monkeypatch.setattr(forward, "_time_forward", lambda *a, **k: calls.append(1) or 1.0)
+    assert tune(model, x, batch_sizes=(8, 16), min_seconds=0.0) == plan
     assert calls == []  # cached
     tune(model, x, batch_sizes=(8, 16), min_seconds=0.0, refresh=True)
     assert len(calls) == 4
     # a model without convolutions only tries the contiguous layout
     mlp = build("mlp", num_classes=3, in_channels=1, input_size=4, hidden=())
-    assert tune(mlp, torch.rand(1, 1, 4, 4), batch_sizes=(8, 16))[0] == "contiguous"
+    assert tune(mlp, torch.rand(1, 1, 4, 4), batch_sizes=(8, 16)).memory_format == "contiguous"
+    # one candidate of each: nothing measured
+    assert tune(mlp, torch.rand(1, 1, 4, 4), batch_sizes=(32,)) == ForwardPlan(
+        memory_format="contiguous", batch_size=32)
+    with pytest.raises(ValueError, match="batch_size"):
+        ForwardPlan(memory_format="contiguous", batch_size=0)
 
 
 def test_bf16_precision_is_recorded_or_falls_back(plane, monkeypatch) -> None:
     model, x, _, _ = plane
     smooth = SmoothedClassifier(model, Gaussian(sigma=0.25), 2, "contiguous")
     ref = smooth.certify(x, n0=20, n=300, alpha=0.01, batch_size=256, generator=gens(12))
-    if smoothing.bf16_supported(x.device):
+    if forward.bf16_supported(x.device):
         low = smooth.certify(x, n0=20, n=300, alpha=0.01, batch_size=256, generator=gens(12),
                              precision="bf16")
         assert low.params["precision"] == "bf16"
         assert (low.prediction == ref.prediction).float().mean() >= 0.9
-    monkeypatch.setattr(smoothing, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(forward, "bf16_supported", lambda device: False)
     with pytest.warns(UserWarning, match="bf16"):
         fb = smooth.certify(x, n0=20, n=300, alpha=0.01, batch_size=256, generator=gens(12),
                             precision="bf16")
@@ -356,3 +367,32 @@ def test_bad_inputs_raise(plane) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert math.isfinite(float(smooth.certify(x[:1], n0=1, n=4, batch_size=8).radius[0]))
+
+
+def test_certifier_classes_wrap_certify_and_predict(plane) -> None:
+    model, x, _, _ = plane
+    smooth = SmoothedClassifier(model, Gaussian(sigma=0.25), 2, "contiguous")
+    two = CohenCertifier(smoothed=smooth, n0=20, n=300, alpha=0.01, two_class=True,
+                         batch_size=256)
+    cert = two.certify(x, gens(12))
+    ref = smooth.certify(x, n0=20, n=300, alpha=0.01, batch_size=256, generator=gens(12),
+                         two_class=True)
+    assert torch.equal(cert.radius, ref.radius) and torch.equal(cert.extra["nA"], ref.extra["nA"])
+    d = two.details(cert, 0)
+    assert list(d) == ["counts", "p_lower", "p_upper_b"]
+    assert list(d["counts"]) == ["nA", "n", "nB"] and d["counts"]["n"] == 300
+    head = two.header(x[:1], {"seed": 1, "skip": 2, "num_images": 12})
+    assert list(head) == ["noise", "sigma", "norm", "num_classes", "n0", "n", "alpha", "seed",
+                          "skip", "num_images", "precision", "mode", "two_class"]
+    assert two.inputs_per_call == 12 and two.device == torch.device("cpu")
+    pred = PredictCertifier(smoothed=smooth, n=400, alpha=0.001, batch_size=400)
+    out = pred.certify(x, gens(12, seed=5))
+    again = smooth.predict(x, n=400, alpha=0.001, batch_size=400, generator=gens(12, seed=5))
+    assert torch.equal(out.prediction, again.prediction) and (out.radius == 0).all()
+    assert pred.details(out, 0)["counts"]["n"] == 400
+    with pytest.raises(ValueError, match="n0"):
+        CohenCertifier(smoothed=smooth, n0=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        PredictCertifier(smoothed=smooth, batch_size=0)
+    small = CohenCertifier.small(model, 2, n=200)
+    assert small.n == 200 and small.n0 == 32 and small.smoothed.memory_format == "contiguous"

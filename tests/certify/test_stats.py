@@ -89,7 +89,8 @@ def test_two_class_bounds_bonferroni() -> None:
     counts = torch.tensor([[900, 80, 20, 0], [10, 500, 490, 0], [0, 0, 0, 1000]])
     top = torch.tensor([0, 1, 3])
     alpha = 0.01
-    p_a, p_b = two_class_bounds(counts, top, alpha)
+    bounds = two_class_bounds(counts, top, alpha)
+    p_a, p_b = bounds.p_lower, bounds.p_upper_b
     n = 1000
     k_classes = 4
     for i in range(3):

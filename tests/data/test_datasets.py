@@ -13,12 +13,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import bastion.data.datasets as D
+import bastion.data.fashion_mnist as fm
 from bastion.data import (
+    CIFAR10_CLASSES,
     DATASETS,
     FASHION_MNIST_CLASSES,
+    IdxFiles,
     IdxFormatError,
     ImageDataset,
+    SearchDir,
     load_dataset,
     read_idx,
     write_idx,
@@ -30,8 +33,8 @@ DPKG_SUB = Path("usr/share/datasets/fashion-mnist")
 
 def _real_fashion_mnist_present() -> bool:
     try:
-        D.find_fashion_mnist("train")
-        D.find_fashion_mnist("test")
+        fm.find_fashion_mnist("train")
+        fm.find_fashion_mnist("test")
     except FileNotFoundError:
         return False
     return True
@@ -51,8 +54,8 @@ def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Point every default Fashion-MNIST location at empty folders under tmp_path."""
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian" / DPKG_SUB)
-    monkeypatch.setattr(D, "_SOURCE_ROOT", None)
+    monkeypatch.setattr(fm, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian" / DPKG_SUB)
+    monkeypatch.setattr(fm, "_SOURCE_ROOT", None)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -176,7 +179,7 @@ def test_fashion_mnist_real_data(split: str, n: int) -> None:
 
 @needs_fashion_mnist
 def test_fashion_mnist_pixels_match_an_independent_decode() -> None:
-    images_path, labels_path = D.find_fashion_mnist("test")
+    images_path = fm.find_fashion_mnist("test").images
     opener = gzip.open if images_path.suffix == ".gz" else open
     with opener(images_path, "rb") as f:
         raw = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(10000, 28, 28)
@@ -230,9 +233,33 @@ def test_cache_locations_filled_by_the_script_are_found(isolated: Path, place: s
         "torchvision root": isolated / "cwd/data/FashionMNIST/raw",
     }[place]
     _write_fashion(folder, n_test=3)
-    images_path, _ = D.find_fashion_mnist("test")
-    assert images_path.parent == folder
+    files = fm.find_fashion_mnist("test")
+    assert files.images.parent == folder and files.labels.parent == folder
     assert len(load_dataset("fashion-mnist", "test")) == 3
+
+
+def test_search_dirs_are_folder_and_origin_records(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = isolated / "mine"
+    dirs = fm.fashion_mnist_search_dirs(mine)
+    assert all(isinstance(d, SearchDir) for d in dirs)
+    assert [d.path for d in dirs] == [mine, mine / "fashion-mnist", mine / "FashionMNIST/raw",
+                                      mine / DPKG_SUB]
+    assert {d.origin for d in dirs} == {"data_dir"}
+    monkeypatch.setenv("BASTION_DATA", str(isolated / "env"))
+    default = fm.fashion_mnist_search_dirs()
+    assert [d.origin for d in default[:4]] == ["BASTION_DATA"] * 4
+    assert default[4] == SearchDir(isolated / "debian" / DPKG_SUB,
+                                   "Debian package dataset-fashion-mnist")
+    assert [d.origin for d in default[5:]] == ["user cache", "repository cache",
+                                               "torchvision root ./data"]
+    _write_fashion(isolated / "debian" / DPKG_SUB)
+    with pytest.warns(UserWarning, match="BASTION_DATA"):
+        files = fm.find_fashion_mnist("train")
+    assert isinstance(files, IdxFiles)
+    assert files.images.name == "train-images-idx3-ubyte.gz"
+    assert files.labels.name == "train-labels-idx1-ubyte.gz"
 
 
 def test_debian_location_comes_before_the_caches(isolated: Path) -> None:
@@ -424,7 +451,7 @@ def _write_cifar(root: Path, n: int = 2) -> dict[str, tuple[np.ndarray, list[int
             pickle.dump({"batch_label": name, "data": data, "labels": labels}, f, protocol=2)
         written[name] = (data, labels)
     with open(base / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": list(D.CIFAR10_CLASSES), "num_vis": 3072}, f, protocol=2)
+        pickle.dump({"label_names": list(CIFAR10_CLASSES), "num_vis": 3072}, f, protocol=2)
     return written
 
 
@@ -448,7 +475,7 @@ def test_cifar10_through_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyP
     test = load_dataset("cifar10", "test", data_dir=base)  # the batches folder itself works too
     assert train.images.shape == (10, 3, 32, 32) and test.images.shape == (2, 3, 32, 32)
     assert train.images.dtype == torch.float32 and train.labels.dtype == torch.int64
-    assert train.images.is_contiguous() and train.class_names == D.CIFAR10_CLASSES
+    assert train.images.is_contiguous() and train.class_names == CIFAR10_CLASSES
     # one row of a batch is 1024 red, 1024 green, 1024 blue values, each 32x32 row-major
     data, labels = written["test_batch"]
     c, h, w = 2, 5, 17

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bastion.losses import (
+    HardNegatives,
     angular_distance,
     embedding_norm_penalty,
     hardest_negatives,
@@ -60,7 +61,8 @@ def test_hardest_negative_is_the_brute_force_one() -> None:
         a, c = _emb(10 + seed, n=12), _emb(20 + seed, n=9)
         g = torch.Generator().manual_seed(seed)
         ya, yc = torch.randint(0, 3, (12,), generator=g), torch.randint(0, 3, (9,), generator=g)
-        index, valid = hardest_negatives(a, c, ya, yc)
+        neg = hardest_negatives(a, c, ya, yc)
+        index, valid = neg.index, neg.valid
         for i in range(12):
             others = [j for j in range(9) if yc[j] != ya[i]]
             assert bool(valid[i]) == bool(others)
@@ -72,9 +74,10 @@ def test_hardest_negative_is_the_brute_force_one() -> None:
 
 def test_single_class_has_no_negative() -> None:
     a = _emb(30, n=5)
-    index, valid = hardest_negatives(a, a, torch.zeros(5, dtype=torch.int64),
-                                     torch.zeros(5, dtype=torch.int64))
-    assert not valid.any() and index.dtype == torch.int64 and index.shape == (5,)
+    neg = hardest_negatives(a, a, torch.zeros(5, dtype=torch.int64),
+                            torch.zeros(5, dtype=torch.int64))
+    assert isinstance(neg, HardNegatives)
+    assert not neg.valid.any() and neg.index.dtype == torch.int64 and neg.index.shape == (5,)
 
 
 def test_triplet_loss_by_hand_and_mask() -> None:

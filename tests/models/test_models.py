@@ -12,6 +12,7 @@ from torch import nn
 from bastion.models import (
     DATASET_STATS,
     MODELS,
+    ChannelStats,
     LeNet,
     Normalize,
     PreActResNet18,
@@ -128,13 +129,13 @@ def test_build_puts_normalize_first(name: str) -> None:
 
 def test_build_dataset_stats_and_explicit_stats() -> None:
     model = build("lenet", in_channels=3, input_size=32, dataset="cifar10")
-    mean, std = DATASET_STATS["cifar10"]
-    torch.testing.assert_close(model.normalize.mean.flatten(), torch.tensor(mean))
-    torch.testing.assert_close(model.normalize.std.flatten(), torch.tensor(std))
+    stats = DATASET_STATS["cifar10"]
+    torch.testing.assert_close(model.normalize.mean.flatten(), torch.tensor(stats.mean))
+    torch.testing.assert_close(model.normalize.std.flatten(), torch.tensor(stats.std))
     model = build("lenet", mean=(0.25,), std=(0.5,))
     assert model.normalize.mean.item() == 0.25 and model.normalize.std.item() == 0.5
-    assert dataset_stats("mnist") == ((0.1307,), (0.3081,))
-    assert dataset_stats("fashion-mnist") == ((0.2860,), (0.3530,))
+    assert dataset_stats("mnist") == ChannelStats(mean=(0.1307,), std=(0.3081,))
+    assert dataset_stats("fashion-mnist") == ChannelStats(mean=(0.2860,), std=(0.3530,))
     assert set(DATASET_STATS) == {"fashion-mnist", "mnist", "cifar10", "digits"}
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from bastion.attacks.evaluate import evaluate_attack
 from bastion.attacks.spec import AttackSpec
+from bastion.attacks.threat import ThreatModel
 from bastion.data import load_dataset
 from bastion.train import PGDAT, fit
 
@@ -25,10 +26,11 @@ def train_digits(run_dir: str) -> dict[str, float]:
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     data = load_dataset("digits", "train")
-    fit(model, PGDAT(eps=0.1, steps=3), data, opt, epochs=6, batch_size=50, seed=0,
-        run_dir=run_dir)
+    fit(model, PGDAT(threat=ThreatModel(eps=0.1, steps=3)), data, opt, epochs=6, batch_size=50,
+        seed=0, run_dir=run_dir)
     test = load_dataset("digits", "test")
-    r = evaluate_attack(model.eval(), test.images, test.labels, AttackSpec(eps=0.1, steps=10))
+    attack = AttackSpec(threat=ThreatModel(eps=0.1, steps=10))
+    r = evaluate_attack(model.eval(), test.images, test.labels, attack)
     return {"clean": float(r.clean_correct.double().mean()),
             "robust": float(r.adv_correct().double().mean())}
 

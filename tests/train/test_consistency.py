@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion.attacks.threat import ThreatModel
 from bastion.losses import js_divergence
 from bastion.records import StepContext
 from bastion.train import Consistency, build_method
@@ -77,7 +78,7 @@ def test_augmentation_variants() -> None:
 def test_loss_equals_hand_computation() -> None:
     model, (x, y) = _net().double().eval(), _batch()
     x = x.double()
-    method = Consistency(eps=0.1, steps=3, lambda_=2.0, tau=0.5, pad=2)
+    method = Consistency(threat=ThreatModel(eps=0.1, steps=3), lambda_=2.0, tau=0.5, pad=2)
     out = method(model, x, y, ctx=_ctx(6))
     g = torch.Generator().manual_seed(6)
     views = method.views(x, g)
@@ -93,7 +94,8 @@ def test_loss_equals_hand_computation() -> None:
 
 def test_lambda_zero_is_adversarial_training_on_both_views() -> None:
     model, (x, y) = _net().eval(), _batch()
-    out = Consistency(eps=0.1, steps=2, lambda_=0.0, pad=1)(model, x, y, ctx=_ctx())
+    method = Consistency(threat=ThreatModel(eps=0.1, steps=2), lambda_=0.0, pad=1)
+    out = method(model, x, y, ctx=_ctx())
     assert torch.equal(out.loss.detach(), out.logs["ce"])
 
 
@@ -102,29 +104,30 @@ def test_gradients_modes_and_reproducibility() -> None:
     model[1].eval()
     flags = [m.training for m in model.modules()]
     x, y = _batch()
-    out = Consistency(eps=0.1, steps=2, pad=1)(model, x, y, ctx=_ctx())
+    out = Consistency(threat=ThreatModel(eps=0.1, steps=2), pad=1)(model, x, y, ctx=_ctx())
     assert [m.training for m in model.modules()] == flags
     assert torch.isfinite(out.loss) and out.loss.dim() == 0
     out.loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     model.eval()
-    a = Consistency(eps=0.1, steps=2, pad=1)(model, x, y, ctx=_ctx(2))
-    b = Consistency(eps=0.1, steps=2, pad=1)(model, x, y, ctx=_ctx(2))
+    a = Consistency(threat=ThreatModel(eps=0.1, steps=2), pad=1)(model, x, y, ctx=_ctx(2))
+    b = Consistency(threat=ThreatModel(eps=0.1, steps=2), pad=1)(model, x, y, ctx=_ctx(2))
     assert torch.equal(a.loss, b.loss)
     assert set(a.logs) == {"adv_acc", "ce", "js"}
 
 
 def test_no_augmentation_and_batch_of_one() -> None:
     model, (x, y) = _net().eval(), _batch(1)
-    out = Consistency(eps=0.1, steps=2, augment="none")(model, x, y)
+    out = Consistency(threat=ThreatModel(eps=0.1, steps=2), augment="none")(model, x, y)
     assert torch.isfinite(out.loss)
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"eps": -0.1}, "eps"), ({"steps": 0}, "steps"), ({"lambda_": -1.0}, "lambda_"),
+    ({"threat": {"eps": -0.1}}, "eps"), ({"threat": {"steps": 0}}, "steps"),
+    ({"lambda_": -1.0}, "lambda_"),
     ({"tau": 0.0}, "tau"), ({"augment": "rotate"}, "valid choices"), ({"pad": -1}, "pad"),
-    ({"norm": "l1"}, "valid choices"),
+    ({"threat": {"norm": "l1"}}, "valid choices"),
 ])
 def test_bad_options(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -143,7 +146,7 @@ def test_fit_one_epoch_on_digits() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    method = build_method("consistency", steps=2, pad=1)
+    method = build_method("consistency", threat={"steps": 2}, pad=1)
     hist = fit(model, method, data, opt, epochs=1, batch_size=128, seed=0)
     rec = hist.epochs[-1]
     assert np.isfinite(rec["train_loss"]) and "train_js" in rec

@@ -8,6 +8,7 @@ import torch
 
 from bastion.attacks.evaluate import predict
 from bastion.attacks.spec import AttackSpec
+from bastion.attacks.threat import ThreatModel
 from bastion.data import load_dataset
 from bastion.models import build
 from bastion.train import EvalPlan, Standard, fit, per_epoch_evaluation
@@ -21,7 +22,7 @@ def test_patience_stops_a_non_improving_run_and_keeps_the_best(tmp_path):
     model = build("mlp", num_classes=10, in_channels=1, input_size=8, hidden=(16,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # nothing changes: no epoch improves
-    plan = EvalPlan(attack=AttackSpec(eps=0.1, steps=2), n_test=64, seed=0)
+    plan = EvalPlan(attack=AttackSpec(threat=ThreatModel(eps=0.1, steps=2)), n_test=64, seed=0)
     hist = fit(model, Standard(), train, opt, epochs=6, batch_size=64,
                evaluate=per_epoch_evaluation(plan, test), run_dir=tmp_path, patience=1)
     assert [e["epoch"] for e in hist.epochs] == [1, 2]

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from bastion.attacks import fmn, perturbation_norm, pgd
+from bastion.attacks.threat import ThreatModel
 from bastion.data import load_dataset
 from bastion.models import build
 from bastion.records import StepContext
@@ -38,19 +39,21 @@ def test_early_stop_takes_fewer_steps_than_full_pgd_and_logs_them():
                 generator=torch.Generator().manual_seed(0))
     assert int(full.num_steps.sum()) == k * len(x)
     assert int(early.num_steps.sum()) < int(full.num_steps.sum()) / 2
-    method = FAT(eps=0.1, steps=k, tau_schedule=None, tau=0)
+    method = FAT(threat=ThreatModel(eps=0.1, steps=k), tau_schedule=None, tau=0)
     out = method(model, x, y, ctx=_ctx(seed=0))
     assert float(out.logs["num_steps"]) == pytest.approx(float(early.num_steps.double().mean()))
     assert out.logs["tau"] == 0.0
     # tau = K never stops early: the budget of PGD-AT
-    out_k = FAT(eps=0.1, steps=k, tau_schedule=None, tau=k)(model, x, y, ctx=_ctx(seed=0))
+    full = FAT(threat=ThreatModel(eps=0.1, steps=k), tau_schedule=None, tau=k)
+    out_k = full(model, x, y, ctx=_ctx(seed=0))
     assert float(out_k.logs["num_steps"]) == k
 
 
 def test_larger_tau_means_more_steps():
     model = _mlp()
     x, y = _batch()
-    steps = [float(FAT(eps=0.1, steps=8, tau_schedule=None, tau=t)(model, x, y, ctx=_ctx())
+    threat = ThreatModel(eps=0.1, steps=8)
+    steps = [float(FAT(threat=threat, tau_schedule=None, tau=t)(model, x, y, ctx=_ctx())
                    .logs["num_steps"]) for t in (0, 1, 3)]
     assert steps[0] < steps[1] < steps[2] <= 8
 
@@ -88,11 +91,11 @@ def test_tau_schedule_from_yaml_lists_and_validation():
     with pytest.raises(ValueError, match="valid choices"):
         FAT(attack="deepfool")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="valid choices"):
-        FAT(norm="l1")
+        FAT(threat=ThreatModel(norm="l1"))
     with pytest.raises(ValueError, match="eps"):
-        FAT(eps=0.0)
+        FAT(threat=ThreatModel(eps=0.0))
     with pytest.raises(ValueError, match="steps"):
-        FAT(steps=0)
+        FAT(threat=ThreatModel(steps=0))
 
 
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
@@ -104,7 +107,7 @@ def test_loss_finite_grads_reach_params_not_inputs_and_mode_restored(attack):
     model.train()
     x, y = _batch(16)
     x = x.clone().requires_grad_(True)
-    out = FAT(eps=0.1, steps=5, attack=attack)(model, x, y, ctx=_ctx())
+    out = FAT(threat=ThreatModel(eps=0.1, steps=5), attack=attack)(model, x, y, ctx=_ctx())
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     assert all(not torch.is_tensor(v) or not v.requires_grad for v in out.logs.values())
     assert all(m.training for m in model.modules())
@@ -120,7 +123,7 @@ def test_minimal_attack_trains_on_fmn_example_capped_at_eps():
     with torch.no_grad():
         y = model(x).argmax(1)  # all clean-correct, so every minimal norm is > 0
     eps = 0.05
-    out = FAT(eps=eps, steps=20, attack="minimal")(model, x, y, ctx=_ctx())
+    out = FAT(threat=ThreatModel(eps=eps, steps=20), attack="minimal")(model, x, y, ctx=_ctx())
     assert "tau" not in out.logs and float(out.logs["num_steps"]) == 20
     r = fmn(model, x, y, steps=20)
     expected = torch.where(r.success, r.norm.clamp(max=eps), torch.zeros(16)).mean()
@@ -136,7 +139,8 @@ def test_fat_trains_through_fit_and_logs_steps():
     test = load_dataset("digits", "test")
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    hist = fit(model, FAT(eps=0.1, steps=4), data, opt, epochs=3, batch_size=64,
+    hist = fit(model, FAT(threat=ThreatModel(eps=0.1, steps=4)), data, opt, epochs=3,
+               batch_size=64,
                evaluate=per_epoch_evaluation(EvalPlan(n_test=100), test), seed=0)
     assert [e["train_tau"] for e in hist.epochs] == [0.0, 0.0, 1.0]
     assert all(0 < e["train_num_steps"] <= 4 for e in hist.epochs)

@@ -10,6 +10,7 @@ from torch import nn
 
 from bastion.attacks.evaluate import evaluate_attack
 from bastion.attacks.spec import AttackSpec
+from bastion.attacks.threat import ThreatModel
 from bastion.data import load_dataset
 from bastion.train import PGDAT, EvalPlan, GaussianNoise, Standard, fit, per_epoch_evaluation
 from bastion.train.checkpoint import checkpoint_dir
@@ -32,13 +33,14 @@ def _run(run_dir, method, epochs=3, interrupt_after=None):
         if interrupt_after is not None and rec["epoch"] == interrupt_after:
             raise KeyboardInterrupt
 
-    plan = EvalPlan(attack=AttackSpec(eps=0.1, steps=3), n_test=100)
+    plan = EvalPlan(attack=AttackSpec(threat=ThreatModel(eps=0.1, steps=3)), n_test=100)
     hist = fit(model, method, data, opt, epochs=epochs, batch_size=64, scheduler=sched,
                evaluate=per_epoch_evaluation(plan, test), run_dir=run_dir, seed=5, on_epoch=stop)
     return model, hist
 
 
-@pytest.mark.parametrize("method", [PGDAT(eps=0.1, steps=2), GaussianNoise(sigma=0.2)])
+@pytest.mark.parametrize("method", [PGDAT(threat=ThreatModel(eps=0.1, steps=2)),
+                                    GaussianNoise(sigma=0.2)])
 def test_resume_reproduces_uninterrupted_run(tmp_path, method):
     full, hist_full = _run(tmp_path / "a", method)
     with pytest.raises(KeyboardInterrupt):
@@ -79,9 +81,10 @@ def _train(method, epochs=8):
 def test_pgd_at_closes_the_robustness_gap():
     """A standard model loses most accuracy under PGD; a PGD-AT model keeps much more."""
     test = load_dataset("digits", "test")
-    attack = AttackSpec(eps=0.15, steps=10)
+    attack = AttackSpec(threat=ThreatModel(eps=0.15, steps=10))
     std = evaluate_attack(_train(Standard()), test.images, test.labels, attack)
-    adv = evaluate_attack(_train(PGDAT(eps=0.15, steps=5)), test.images, test.labels, attack)
+    adv = evaluate_attack(_train(PGDAT(threat=ThreatModel(eps=0.15, steps=5))), test.images,
+                          test.labels, attack)
     std_clean, std_rob = std.clean_correct.double().mean(), std.adv_correct().double().mean()
     adv_clean, adv_rob = adv.clean_correct.double().mean(), adv.adv_correct().double().mean()
     assert std_clean > 0.9

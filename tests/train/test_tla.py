@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion.attacks.threat import ThreatModel
 from bastion.records import StepContext
 from bastion.train import TLA, build_method
-from bastion.train.tla import embedding_module, forward_with_embedding
+from bastion.train.tla import _embedding_module, _forward_with_embedding
 
 
 def _ctx(seed: int = 0) -> StepContext:
@@ -40,7 +41,8 @@ def test_loss_equals_hand_computation() -> None:
     model = _net().double().eval()
     x, y = _batch()
     x = x.double()
-    method = TLA(eps=0.2, steps=3, layer="act", margin=0.3, lambda_=2.0, lambda_norm=0.01)
+    method = TLA(threat=ThreatModel(eps=0.2, steps=3), layer="act", margin=0.3, lambda_=2.0,
+                 lambda_norm=0.01)
     out = method(model, x, y, ctx=_ctx(4))
     x_a = method.perturb(model, x, y, torch.Generator().manual_seed(4)).x_adv
     w1, b1 = model.fc.weight.detach().numpy(), model.fc.bias.detach().numpy()
@@ -68,9 +70,9 @@ def test_loss_equals_hand_computation() -> None:
 
 def test_default_layer_is_the_input_of_the_last_linear() -> None:
     model, (x, _) = _net().eval(), _batch()
-    assert embedding_module(model, None) == (model.out, True)
-    _, e_default = forward_with_embedding(model, x, None)
-    _, e_drop = forward_with_embedding(model, x, "drop")
+    assert _embedding_module(model, None) == (model.out, True)
+    _, e_default = _forward_with_embedding(model, x, None)
+    _, e_drop = _forward_with_embedding(model, x, "drop")
     assert torch.equal(e_default, e_drop)
     assert not model.out._forward_pre_hooks and not model.drop._forward_hooks  # hooks removed
 
@@ -78,9 +80,9 @@ def test_default_layer_is_the_input_of_the_last_linear() -> None:
 def test_wrong_layer_name_lists_the_modules() -> None:
     model, (x, y) = _net(), _batch()
     with pytest.raises(ValueError, match=r"no module named 'fc9'.*flatten, fc, act, drop, out"):
-        TLA(layer="fc9", steps=1)(model, x, y)
+        TLA(threat=ThreatModel(steps=1), layer="fc9")(model, x, y)
     with pytest.raises(ValueError, match="no nn.Linear"):
-        embedding_module(nn.Sequential(nn.Flatten()), None)
+        _embedding_module(nn.Sequential(nn.Flatten()), None)
 
 
 def test_layer_run_twice_is_an_error() -> None:
@@ -88,17 +90,18 @@ def test_layer_run_twice_is_an_error() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), act, nn.Linear(6, 6), act,
                           nn.Linear(6, 3))
     with pytest.raises(ValueError, match="ran 2 times"):
-        forward_with_embedding(model, torch.rand(2, 1, 4, 4), "2")
+        _forward_with_embedding(model, torch.rand(2, 1, 4, 4), "2")
 
 
 def test_single_class_batch_is_handled() -> None:
     model, (x, _) = _net(), _batch()
     y = torch.zeros(10, dtype=torch.int64)
-    out = TLA(eps=0.1, steps=2)(model, x, y, ctx=_ctx())
+    out = TLA(threat=ThreatModel(eps=0.1, steps=2))(model, x, y, ctx=_ctx())
     assert torch.isfinite(out.loss)
     assert float(out.logs["valid"]) == 0.0 and float(out.logs["triplet"]) == 0.0
     out.loss.backward()
-    one = TLA(eps=0.1, steps=2)(model, x[:1], y[:1], ctx=_ctx())  # a batch of one
+    # a batch of one
+    one = TLA(threat=ThreatModel(eps=0.1, steps=2))(model, x[:1], y[:1], ctx=_ctx())
     assert torch.isfinite(one.loss) and float(one.logs["valid"]) == 0.0
 
 
@@ -107,14 +110,14 @@ def test_gradients_modes_and_reproducibility() -> None:
     model.fc.eval()  # a sub-module frozen in eval mode must stay so
     flags = [m.training for m in model.modules()]
     x, y = _batch()
-    out = TLA(eps=0.1, steps=2, layer="act")(model, x, y, ctx=_ctx())
+    out = TLA(threat=ThreatModel(eps=0.1, steps=2), layer="act")(model, x, y, ctx=_ctx())
     assert [m.training for m in model.modules()] == flags
     out.loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     model.eval()
-    a = TLA(eps=0.1, steps=2)(model, x, y, ctx=_ctx(7))
-    b = TLA(eps=0.1, steps=2)(model, x, y, ctx=_ctx(7))
+    a = TLA(threat=ThreatModel(eps=0.1, steps=2))(model, x, y, ctx=_ctx(7))
+    b = TLA(threat=ThreatModel(eps=0.1, steps=2))(model, x, y, ctx=_ctx(7))
     assert torch.equal(a.loss, b.loss)
     assert not any(torch.as_tensor(v).requires_grad for v in a.logs.values())
 
@@ -123,7 +126,8 @@ def test_embedding_grad_reaches_the_negatives() -> None:
     # only the triplet term: the gradient of the chosen negatives' clean embedding is nonzero
     model, (x, y) = _net().double().eval(), _batch()
     x = x.double()
-    method = TLA(eps=0.1, steps=1, layer="act", margin=0.5, lambda_=1.0, lambda_norm=0.0)
+    method = TLA(threat=ThreatModel(eps=0.1, steps=1), layer="act", margin=0.5, lambda_=1.0,
+                 lambda_norm=0.0)
     out = method(model, x, y, ctx=_ctx())
     ce = F.cross_entropy(model(method.perturb(model, x, y, _ctx().generator).x_adv), y)
     g_total = torch.autograd.grad(out.loss, model.fc.weight)[0]
@@ -137,15 +141,18 @@ def test_small_cnn_named_layer() -> None:
     model = build("small-cnn", num_classes=10, in_channels=1, input_size=16,
                   dataset="fashion-mnist", zero_init_last=False)
     x, y = torch.rand(4, 1, 16, 16), torch.tensor([0, 1, 2, 3])
-    out = TLA(eps=0.1, steps=1, layer="net.classifier.relu2")(model, x, y, ctx=_ctx())
+    method = TLA(threat=ThreatModel(eps=0.1, steps=1), layer="net.classifier.relu2")
+    out = method(model, x, y, ctx=_ctx())
     assert torch.isfinite(out.loss)
-    assert embedding_module(model, None)[0] is model.net.classifier.fc3
+    assert _embedding_module(model, None)[0] is model.net.classifier.fc3
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"eps": -0.1}, "eps"), ({"steps": 0}, "steps"), ({"margin": -0.1}, "margin"),
-    ({"lambda_": -1.0}, "lambda_"), ({"lambda_norm": float("nan")}, "lambda_norm"),
-    ({"layer": ""}, "layer"), ({"norm": "l1"}, "valid choices"), ({"step_size": -1.0}, "step"),
+    ({"threat": {"eps": -0.1}}, "eps"), ({"threat": {"steps": 0}}, "steps"),
+    ({"margin": -0.1}, "margin"), ({"lambda_": -1.0}, "lambda_"),
+    ({"lambda_norm": float("nan")}, "lambda_norm"), ({"layer": ""}, "layer"),
+    ({"threat": {"norm": "l1"}}, "valid choices"), ({"threat": {"step_size": -1.0}}, "step"),
+    ({"threat": {"epsilon": 0.1}}, "unknown threat key"),
 ])
 def test_bad_options(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -164,7 +171,7 @@ def test_fit_one_epoch_on_digits() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    method = build_method("tla", steps=2)
+    method = build_method("tla", threat={"steps": 2})
     hist = fit(model, method, data, opt, epochs=1, batch_size=128, seed=0)
     rec = hist.epochs[-1]
     assert np.isfinite(rec["train_loss"]) and "train_triplet" in rec

@@ -20,8 +20,14 @@ trains on):
 
 Both reuse the geometry of ``core.py`` (gradient normalisation, projection, norms); none is
 written here. Both return a ``MinimalResult``; a point for which no adversarial example is
-found comes back as ``x`` itself with ``success=False`` and norm 0 (no inf or NaN), so
-average only over ``success`` (a clean-misclassified point is a success at norm 0).
+found comes back as ``x`` itself with ``success=False`` and norm 0 (no inf or NaN), and a
+point misclassified when clean is a success at norm 0.
+
+``MinimalResult`` has no summary on purpose: average minimal perturbations through
+``attacks.evaluate.evaluate_minimal``, which records one ``AttackOutcome`` (clean-
+misclassified points not attacked) for ``bastion.metrics.average_perturbation`` (the
+seed's eq. (3), over all points) or ``average_perturbation_of_successes`` (over the points
+the attack flipped); see ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -63,10 +69,6 @@ class MinimalResult:
     x_adv: torch.Tensor
     norm: torch.Tensor
     success: torch.Tensor
-
-    def mean_norm(self) -> float:
-        """Average minimal perturbation over the successful points (NaN if none)."""
-        return float(self.norm[self.success].double().mean()) if self.success.any() else math.nan
 
 
 def _check(x: torch.Tensor, y: torch.Tensor, norm: str, steps: int) -> None:

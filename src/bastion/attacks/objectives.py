@@ -3,6 +3,12 @@
 Every objective maps ``(logits [N, K], target) -> loss [N]``; the engine ascends its sum, so
 per-example gradients never mix. ``target`` is an int64 label vector [N] for ``ce``,
 ``margin`` and ``dlr``, and a probability matrix [N, K] for ``kl``.
+
+Where a name is accepted, a callable with the same signature is too (``ObjectiveLike``):
+an objective through a BPDA or EOT surrogate (Athalye et al. 2018, "Obfuscated Gradients
+Give a False Sense of Security", arXiv 1802.00420) or a GloRo margin (Leino et al. 2021,
+"Globally-Robust Neural Networks", arXiv 2102.08452). ``per_example_objective`` checks
+that it returns one loss per example.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import torch.nn.functional as F
 
 Objective = Literal["ce", "kl", "margin", "dlr"]
 ObjectiveFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ObjectiveLike = Objective | ObjectiveFn
+"""An objective by name, or a callable ``(logits [N, K], target) -> loss [N]``."""
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -62,3 +70,43 @@ OBJECTIVES: dict[str, ObjectiveFn] = {
     "margin": margin,
     "dlr": dlr,
 }
+
+
+def resolve_objective(objective: ObjectiveLike) -> ObjectiveFn:
+    """The function of ``objective``: a name of ``OBJECTIVES`` or a callable as it is.
+
+    Raises ``ValueError`` naming the valid names for an unknown name, ``TypeError`` for
+    anything else.
+    """
+    if isinstance(objective, str):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown attack objective {objective!r}; valid choices: "
+                             f"{', '.join(sorted(OBJECTIVES))} (or a callable)")
+        return OBJECTIVES[objective]
+    if callable(objective):
+        return objective
+    raise TypeError(
+        f"objective must be one of {', '.join(sorted(OBJECTIVES))} or a callable "
+        f"(logits [N, K], target) -> loss [N], got {type(objective).__name__}"
+    )
+
+
+def per_example_objective(
+    fn: ObjectiveFn, logits: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """``fn(logits, target)``, checked to be a floating per-example loss of shape [N].
+
+    Shape: logits [N, K] -> [N]. A summed (scalar) or [N, K] loss would mix the examples'
+    gradients, so it is an error (``ValueError``), not broadcast.
+    """
+    loss = fn(logits, target)
+    n = logits.shape[0]
+    if not isinstance(loss, torch.Tensor) or loss.shape != (n,) or not loss.is_floating_point():
+        got = (f"{loss.dtype} {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
+               else type(loss).__name__)
+        name = getattr(fn, "__name__", type(fn).__name__)
+        raise ValueError(
+            f"objective {name} must return a floating per-example loss of shape [{n}] "
+            f"(reduction='none'), got {got}"
+        )
+    return loss

@@ -2,19 +2,21 @@
 
 Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks",
 arXiv 1706.06083. The norm supplies the random start, the gradient normalisation and the
-projection (``core.py``); the objective is a parameter (``objectives.py``), so TRADES' inner
-maximisation is this engine with ``objective="kl"``, FGSM is its one-step case and
-Friendly AT's early-stopped PGD-K-tau (Zhang et al. 2020, "Attacks Which Do Not Kill
-Training Make Adversarial Learning Stronger", arXiv 2002.11242) is the ``early_stop`` flag.
+projection (``core.py``); the objective is a parameter (a name or a per-example callable,
+``objectives.py``), so TRADES' inner maximisation is this engine with ``objective="kl"``,
+FGSM is its one-step case and Friendly AT's early-stopped PGD-K-tau (Zhang et al. 2020,
+"Attacks Which Do Not Kill Training Make Adversarial Learning Stronger", arXiv 2002.11242)
+is the ``early_stop`` flag.
 
 Guarantees, whatever the model does: the returned images lie in the eps-ball of the norm
 around ``x`` and in [0, 1]; no gradient is left on the model's parameters; the train/eval
 mode of every sub-module is restored.
+
+Training methods and evaluation attacks reach this engine through one threat-model config,
+``attacks.threat.ThreatModel`` (its ``attack`` method), which also validates the settings.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -28,30 +30,12 @@ from bastion.attacks.core import (
     normalize_gradient,
     random_start,
 )
-from bastion.attacks.objectives import OBJECTIVES, Objective
+from bastion.attacks.objectives import ObjectiveLike, per_example_objective, resolve_objective
 from bastion.types import Norm
 
 ATTACK_NORMS = ("linf", "l2")
 # A radius beyond which the ball covers the whole image box: linf 1, l2 sqrt(d) (checked per call).
 _MAX_LINF = 1.0
-
-
-def check_attack_options(
-    *, eps: float, norm: str, steps: int, step_size: float | None = None
-) -> None:
-    """Validate the inner-PGD settings of a training method (one place for all of them).
-
-    Raises ``ValueError`` for an unknown norm, a radius outside [0, 1] (L-inf) or negative,
-    ``steps`` that is not an int >= 1, or a ``step_size`` that is not finite and > 0.
-    """
-    check_choice(norm, ATTACK_NORMS, "norm")
-    check_radius(eps, "eps", upper=1.0 if norm == "linf" else None)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if step_size is not None and not (
-        isinstance(step_size, int | float) and math.isfinite(step_size) and step_size > 0
-    ):
-        raise ValueError(f"step_size must be a finite number > 0 or None, got {step_size!r}")
 
 
 def _labels_of(target: torch.Tensor) -> torch.Tensor:
@@ -68,7 +52,7 @@ def pgd(
     steps: int = 10,
     step_size: float | torch.Tensor | None = None,
     random_init: bool = True,
-    objective: Objective = "ce",
+    objective: ObjectiveLike = "ce",
     targeted: bool = False,
     early_stop: bool = False,
     tau: int = 0,
@@ -91,7 +75,11 @@ def pgd(
             random_init=False`` is FGSM.
         step_size: per-step length in the norm; default ``2.5 * eps / steps`` (Madry et al.).
         random_init: start from a uniform random point of the ball (else from ``x``).
-        objective: ``"ce"``, ``"kl"``, ``"margin"`` or ``"dlr"`` (see ``objectives.py``).
+        objective: ``"ce"``, ``"kl"``, ``"margin"`` or ``"dlr"`` (see ``objectives.py``),
+            or a callable ``(logits [N, K], target[idx]) -> loss [N]`` (per example; e.g. a
+            BPDA/EOT or GloRo objective); its output shape is checked at every step. With a
+            callable, ``target`` is int64 labels [N] or a float matrix [N, K] whose row
+            argmax is the label that success is judged against.
         targeted: minimise the objective towards ``target`` instead of maximising it.
         early_stop: Friendly AT's PGD-K-tau: an example stops moving ``tau`` steps after it
             first becomes misclassified; frozen examples cost no more forward passes.
@@ -120,7 +108,7 @@ def pgd(
     """
     check_images(x)
     check_choice(norm, ATTACK_NORMS, "attack norm")
-    check_choice(objective, OBJECTIVES, "attack objective")
+    fn = resolve_objective(objective)
     upper = _MAX_LINF if norm == "linf" else float(x[0].numel()) ** 0.5
     check_radius(eps, "eps", upper=upper)
     if not isinstance(steps, int) or steps < 1:
@@ -134,15 +122,25 @@ def pgd(
             raise ValueError("the 'kl' objective takes clean probabilities of shape [N, K]")
         if targeted:
             raise ValueError("a targeted attack needs labels, not the 'kl' objective")
-    elif target.dtype != torch.int64 or target.shape != (x.shape[0],):
-        raise ValueError(f"target must be int64 labels of shape [{x.shape[0]}] for {objective!r}")
+    elif isinstance(objective, str):
+        if target.dtype != torch.int64 or target.shape != (x.shape[0],):
+            raise ValueError(
+                f"target must be int64 labels of shape [{x.shape[0]}] for {objective!r}"
+            )
+    elif not (
+        (target.dtype == torch.int64 and target.shape == (x.shape[0],))
+        or (target.is_floating_point() and target.dim() == 2 and target.shape[0] == x.shape[0])
+    ):
+        raise ValueError(
+            f"with a callable objective, target must be int64 labels [{x.shape[0]}] or a "
+            f"float matrix [{x.shape[0]}, K]; got {target.dtype} {tuple(target.shape)}"
+        )
 
     net = unwrap(model)
     radius = as_radius(eps, x)
     alpha = as_radius(2.5 * radius / steps if step_size is None else step_size, x)
     if step_size is not None:
         check_radius(step_size, "step_size")
-    fn = OBJECTIVES[objective]
     labels = _labels_of(target)
     sign = -1.0 if targeted else 1.0
     x = x.detach()
@@ -177,7 +175,7 @@ def pgd(
                     break
                 xa = x_adv[idx].requires_grad_(True)
                 logits = net(xa)
-                loss = fn(logits, target[idx])
+                loss = per_example_objective(fn, logits, target[idx])
                 (grad,) = torch.autograd.grad(sign * loss.sum(), xa)
                 is_fooled = fooled(logits.detach(), idx)
                 if keep_best:
@@ -203,7 +201,7 @@ def pgd(
                     use_hit = hit & ~final_fooled
                     x_adv = torch.where(use_hit.view(-1, 1, 1, 1), hit_adv, x_adv)
                     final_fooled = final_fooled | hit
-                loss = sign * fn(logits, target)
+                loss = sign * per_example_objective(fn, logits, target)
             same = final_fooled == best_success
             better = (final_fooled & ~best_success) | (same & (loss > best_loss))
             best_adv[better] = x_adv[better]
@@ -220,7 +218,7 @@ def fgsm(
     *,
     eps: float | torch.Tensor,
     norm: Norm = "linf",
-    objective: Objective = "ce",
+    objective: ObjectiveLike = "ce",
     train_mode: bool | None = False,
 ) -> AttackResult:
     """Fast gradient (sign) method: PGD with one step of length ``eps`` from ``x``.

@@ -2,9 +2,8 @@
 
 Cohen, Rosenfeld and Kolter 2019, "Certified Adversarial Robustness via Randomized
 Smoothing", arXiv 1902.02918 (Algorithm "PREDICT" and "CERTIFY", Section 3.2). The smoothed
-classifier is ``g(x) = argmax_c P(f(x + eta) = c)`` for noise ``eta`` from
-``bastion.certify.noise`` (Gaussian: l2 radii; Laplace and uniform: l1 radii, Yang et al.
-2020, arXiv 2002.08118).
+classifier is ``g(x) = argmax_c P(f(x + eta) = c)`` for noise ``eta`` from ``bastion.noise``
+(Gaussian: l2 radii; Laplace and uniform: l1 radii, Yang et al. 2020, arXiv 2002.08118).
 
 CERTIFY draws ``n0`` noisy copies of each input to guess the top class ``c_A``, then ``n``
 fresh ones to count ``n_A``; ``p_A lower`` is the one-sided (1 - alpha) Clopper-Pearson
@@ -17,219 +16,47 @@ point within the radius (in the noise's norm). PREDICT abstains unless the two-s
 binomial test of ``n_A`` against ``n_B`` (top two counts) has p-value <= alpha; a returned
 class differs from ``g(x)`` with probability at most alpha.
 
-Speed. The cost is forward passes of the base model. Noise is drawn on the input's device
-in blocks, noisy copies of several inputs fill fixed-size chunks, and predictions are
-counted with ``torch.bincount``: no per-draw Python work and no host round trips besides
-the final counts. The memory layout (NCHW or channels-last) and the chunk size are chosen
-by measuring the model once per (model, device, input shape, precision) (``tune``, cached);
-both can be given explicitly. ``precision="bf16"`` runs the base model under bf16 autocast
-where the hardware supports it; the certificate is then about that reduced-precision base
-classifier, and its ``params["precision"]`` says so.
+The counting is ``votes.VoteCounter`` over ``votes.AdditiveNoise``; the speed plumbing
+(memory layout and chunk size measured once by ``forward.tune``, bf16 autocast) is in
+``forward``. ``precision="bf16"`` runs the base model under bf16 autocast where the hardware
+supports it; the certificate is then about that reduced-precision base classifier, and its
+``params["precision"]`` says so.
 
 Reproducibility. Each input gets its own ``torch.Generator`` (one per input, or derived
-from the one given), and its noise is drawn in blocks of ``NOISE_BLOCK`` draws whatever the
-chunk size, so an input's noise does not depend on which other inputs share its batch or on
-the tuned chunk size.
+from the one given), and its noise is drawn in blocks of ``votes.NOISE_BLOCK`` draws
+whatever the chunk size, so an input's noise does not depend on which other inputs share its
+batch or on the tuned chunk size.
+
+``CohenCertifier`` and ``PredictCertifier`` wrap CERTIFY and PREDICT as dataset certifiers
+for ``bastion.certify.pipeline`` (see ``bastion.certify.registry``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-import time
-import warnings
-import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from bastion._torch import model_mode, unwrap
 from bastion._validate import check_choice, check_images
-from bastion.certify.stats import binomial_pvalue, cp_lower, two_class_bounds
-from bastion.noise import Gaussian, Noise, Uniform  # noqa: F401 (doctest)
-from bastion.records import Certificate
-
-log = logging.getLogger(__name__)
-
-MemoryFormat = Literal["auto", "contiguous", "channels_last"]
-MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-
-NOISE_BLOCK = 1024
-"""Draws per generator call for one input: fixed, so that noise is independent of chunking."""
-
-_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-_CPU_BATCHES = (64, 128, 256, 512, 1024)
-_ACCEL_BATCHES = (256, 1024, 4096, 16384)
-_TUNE_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], tuple[str, int]]] = (
-    weakref.WeakKeyDictionary()
+from bastion.certify.forward import (
+    MEMORY_FORMATS,
+    MemoryFormat,
+    Precision,
+    bf16_supported,  # noqa: F401 (re-exported for callers of the former location)
+    resolve_precision,
+    tune,
+    weight_layout,
 )
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast runs natively on ``device`` (CPU: AVX512-BF16 or AMX)."""
-    if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(torch.cpu, c, lambda: False)()) for c in checks)
-    backend = getattr(torch, device.type, None)
-    fn = getattr(backend, "is_bf16_supported", None)
-    return bool(fn()) if callable(fn) else False
-
-
-def resolve_precision(precision: str, device: torch.device) -> Precision:
-    """The precision actually used: ``"bf16"`` falls back to ``"fp32"`` (with a warning)
-    where the hardware has no native bf16."""
-    check_choice(precision, PRECISIONS, "precision")
-    if precision == "bf16" and not bf16_supported(device):
-        warnings.warn(
-            f"bf16 autocast is not supported natively on {device}; using fp32", stacklevel=3
-        )
-        return "fp32"
-    return precision  # type: ignore[return-value]
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type != "cpu":
-        torch.accelerator.synchronize(device)
-
-
-@contextlib.contextmanager
-def _layout(model: nn.Module, memory_format: str) -> Iterator[None]:
-    """Temporarily store the model's 4-D weights in ``memory_format``; restored afterwards.
-
-    Channels-last convolutions need channels-last weights as well as inputs to be fast.
-    """
-    fmt = _FORMATS[memory_format]
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-    with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
-            if t.dim() != 4:
-                continue
-            # ``.to`` (unlike ``.contiguous``) also re-strides ambiguous shapes (a channel
-            # dimension of size 1), which is what selects the channels-last kernels.
-            moved = t.data.to(memory_format=fmt)
-            if moved.stride() != t.data.stride():
-                saved.append((t, t.data))
-                t.data = moved
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for t, data in saved:
-                t.data = data
-
-
-def _empty(n: int, like: torch.Tensor, memory_format: str) -> torch.Tensor:
-    """An uninitialised batch of ``n`` images shaped like ``like[0]`` in the given layout."""
-    shape = (n, *like.shape[1:])
-    fmt = _FORMATS[memory_format] if len(shape) == 4 else torch.contiguous_format
-    return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=fmt)
-
-
-def _has_conv(model: nn.Module) -> bool:
-    return any(p.dim() == 4 for p in model.parameters())
-
-
-def _time_forward(
-    model: nn.Module, batch: torch.Tensor, precision: str, min_seconds: float
-) -> float:
-    """Images per second of ``model(batch)`` after one warm-up call (which builds the
-    kernels for this shape), timing at least ``min_seconds`` (two calls on accelerators)."""
-    dev = batch.device
-    least = batch.shape[0] * (1 if dev.type == "cpu" else 2)
-    with _autocast(dev, precision):
-        model(batch)
-        _sync(dev)
-        done, t0 = 0, time.perf_counter()
-        while True:
-            model(batch)
-            done += batch.shape[0]
-            _sync(dev)
-            elapsed = time.perf_counter() - t0
-            if elapsed >= min_seconds and done >= least:
-                return done / elapsed
-
-
-def tune(
-    base_model: nn.Module,
-    example_input: torch.Tensor,
-    *,
-    precision: Precision = "fp32",
-    batch_sizes: Sequence[int] | None = None,
-    memory_formats: Sequence[str] | None = None,
-    refresh: bool = False,
-    min_seconds: float = 0.05,
-) -> tuple[str, int]:
-    """Pick the fastest memory layout and chunk size for noisy forward passes, by timing.
-
-    The result is cached per (model, device, input shape, dtype, precision, candidates) in a
-    module-level weak dictionary, so the measurement (a second or two on a CPU) runs once.
-
-    Args:
-        base_model: the classifier (put in eval mode for the measurement, mode restored).
-        example_input: one or more images [B, C, H, W] on the device to tune for.
-        precision: ``"fp32"`` or ``"bf16"`` (autocast).
-        batch_sizes: candidate chunk sizes; default 64..1024 on a CPU, 256..16384 on an
-            accelerator.
-        memory_formats: candidates among ``"contiguous"`` and ``"channels_last"``; default
-            both (channels-last only for models with convolutions).
-        refresh: measure again even if cached.
-        min_seconds: timing length per candidate.
-
-    Returns:
-        ``(memory_format, batch_size)``, e.g. ``("channels_last", 256)``.
-    """
-    check_images(example_input, "example_input")
-    net = unwrap(base_model)
-    dev = example_input.device
-    if batch_sizes is None:
-        batch_sizes = _CPU_BATCHES if dev.type == "cpu" else _ACCEL_BATCHES
-    if memory_formats is None:
-        memory_formats = ("contiguous", "channels_last") if _has_conv(net) else ("contiguous",)
-    for f in memory_formats:
-        check_choice(f, _FORMATS, "memory format")
-    if any(int(b) < 1 for b in batch_sizes):
-        raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
-    key = (str(dev), tuple(example_input.shape[1:]), example_input.dtype, precision,
-           tuple(int(b) for b in batch_sizes), tuple(memory_formats))
-    cache = _TUNE_CACHE.setdefault(net, {})
-    if not refresh and key in cache:
-        return cache[key]
-    if len(batch_sizes) == 1 and len(memory_formats) == 1:
-        cache[key] = (memory_formats[0], int(batch_sizes[0]))
-        return cache[key]
-    best: tuple[float, str, int] = (-1.0, memory_formats[0], int(batch_sizes[0]))
-    one = example_input[:1]
-    with model_mode(net, False):
-        for fmt in memory_formats:
-            with _layout(net, fmt), torch.inference_mode():
-                for bs in batch_sizes:
-                    batch = _empty(int(bs), one, fmt)
-                    batch.copy_(one.expand_as(batch))
-                    try:
-                        speed = _time_forward(net, batch, precision, min_seconds)
-                    except torch.OutOfMemoryError:
-                        break
-                    log.debug("tune %s batch %d: %.0f images/s", fmt, bs, speed)
-                    if speed > best[0]:
-                        best = (speed, fmt, int(bs))
-    log.info("tuned noisy forward: %s, batch %d (%.0f images/s)", best[1], best[2], best[0])
-    cache[key] = (best[1], best[2])
-    return cache[key]
+from bastion.certify.stats import binomial_pvalue, cp_lower, two_class_bounds
+from bastion.certify.votes import AdditiveNoise, VoteCounter
+from bastion.noise import Gaussian, Noise, Uniform
+from bastion.records import Certificate
 
 
 def generators_for(
@@ -251,77 +78,12 @@ def generators_for(
     return [torch.Generator(device=x.device).manual_seed(int(s)) for s in seeds]
 
 
-# --------------------------------------------------------------------------- sampling
-
-
-class _Sampler:
-    """Counts the base classifier's predictions on noisy copies of inputs (one session).
-
-    Used inside ``SmoothedClassifier.session``: the model is in eval mode, under
-    ``inference_mode``, with its weights in the chosen layout.
-    """
-
-    def __init__(
-        self, model: nn.Module, noise: Noise, num_classes: int, memory_format: str,
-        batch_size: int, precision: str, example: torch.Tensor,
-    ) -> None:
-        self.model, self.noise, self.k = model, noise, num_classes
-        self.fmt_name = memory_format
-        self.bs = batch_size
-        self.precision = precision
-        self.device, self.dtype = example.device, example.dtype
-        self.shape = tuple(example.shape[1:])
-        self.forward_passes = 0
-
-    def counts(
-        self, x: torch.Tensor, generators: Sequence[torch.Generator], num: int
-    ) -> torch.Tensor:
-        """int64 [B, K]: counts of ``f(x_i + eta)`` over ``num`` draws per input."""
-        b = x.shape[0]
-        counts = torch.zeros(b * self.k, dtype=torch.int64, device=self.device)
-        if b == 0 or num == 0:
-            return counts.view(b, self.k)
-        cap = min(self.bs, b * num)
-        buf = _empty(cap, x, self.fmt_name)
-        owner = torch.empty(cap, dtype=torch.int64, device=self.device)
-        fill = 0
-
-        def flush(m: int) -> None:
-            with _autocast(self.device, self.precision):
-                logits = self.model(buf[:m])
-            if logits.dim() != 2 or logits.shape[1] != self.k:
-                raise ValueError(
-                    f"the base model returned logits of shape {tuple(logits.shape)}; "
-                    f"expected [N, {self.k}] (num_classes={self.k})"
-                )
-            keys = owner[:m] * self.k + logits.argmax(dim=1)
-            counts.add_(torch.bincount(keys, minlength=b * self.k))
-            self.forward_passes += m
-
-        for i in range(b):
-            left = num
-            while left > 0:
-                m = min(NOISE_BLOCK, left)
-                noisy = self.noise.sample(
-                    (m, *self.shape), generators[i], self.device, self.dtype
-                ).add_(x[i])
-                off = 0
-                while off < m:
-                    take = min(cap - fill, m - off)
-                    buf[fill : fill + take].copy_(noisy[off : off + take])
-                    owner[fill : fill + take] = i
-                    fill += take
-                    off += take
-                    if fill == cap:
-                        flush(cap)
-                        fill = 0
-                left -= m
-        if fill:
-            flush(fill)
-        return counts.view(b, self.k)
-
-
-# --------------------------------------------------------------------------- classifier
+def num_classes_of(model: nn.Module, example: torch.Tensor) -> int:
+    """The number of classes of ``model``: the width of its logits on ``example`` [1, C, H, W]
+    (one forward pass in eval mode; the model's mode is restored)."""
+    net = unwrap(model)
+    with model_mode(net, False), torch.inference_mode():
+        return int(net(example).shape[1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -329,7 +91,7 @@ class SmoothedClassifier:
     """The smoothed classifier ``g(x) = argmax_c P(f(x + eta) = c)`` of a base model.
 
     Cohen et al. 2019, arXiv 1902.02918; noise of other shapes from Yang et al. 2020,
-    arXiv 2002.08118 (see ``bastion.certify.noise``).
+    arXiv 2002.08118 (see ``bastion.noise``).
 
     Args:
         base_model: classifier taking [N, C, H, W] in [0, 1] (normalisation inside) and
@@ -337,7 +99,7 @@ class SmoothedClassifier:
             under ``torch.inference_mode``; its mode and weight layout are restored.
         noise: a ``Gaussian`` (l2), ``Laplace`` (l1) or ``Uniform`` (l1/l-inf) distribution.
         num_classes: number of classes K (>= 2).
-        memory_format: ``"auto"`` (measure, see ``tune``), ``"contiguous"`` or
+        memory_format: ``"auto"`` (measure, see ``forward.tune``), ``"contiguous"`` or
             ``"channels_last"``.
 
     Example:
@@ -359,12 +121,18 @@ class SmoothedClassifier:
         if not isinstance(self.base_model, nn.Module):
             raise TypeError(f"base_model must be an nn.Module, got {type(self.base_model)}")
         if not all(hasattr(self.noise, a) for a in ("sample", "radius", "norm", "name")):
-            raise TypeError(f"noise must be a bastion.certify.noise distribution, got {self.noise}")
+            raise TypeError(f"noise must be a bastion.noise distribution, got {self.noise}")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {self.num_classes!r}")
         check_choice(self.memory_format, MEMORY_FORMATS, "memory_format")
 
     # -- plumbing
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the base model's parameters (the CPU for a model without any)."""
+        p = next(unwrap(self.base_model).parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
 
     def noise_for(self, x: torch.Tensor) -> Noise:
         """The noise with input-dependent fields filled in (``Uniform(norm="linf").dim``)."""
@@ -375,8 +143,11 @@ class SmoothedClassifier:
     @contextlib.contextmanager
     def session(
         self, x: torch.Tensor, batch_size: int | None = None, precision: str = "fp32"
-    ) -> Iterator[_Sampler]:
-        """Eval mode, chosen layout, inference mode and autocast for a run of sampling."""
+    ) -> Iterator[VoteCounter]:
+        """Eval mode, chosen layout, inference mode and autocast for a run of vote counting.
+
+        Yields a ``votes.VoteCounter`` over ``AdditiveNoise(self.noise_for(x))``.
+        """
         check_images(x)
         prec = resolve_precision(precision, x.device)
         net = unwrap(self.base_model)
@@ -385,14 +156,16 @@ class SmoothedClassifier:
         if self.memory_format != "auto" and batch_size is not None:
             fmt, bs = self.memory_format, batch_size
         else:
-            fmt, bs = tune(
+            plan = tune(
                 net, x[:1], precision=prec,
                 batch_sizes=None if batch_size is None else (batch_size,),
                 memory_formats=None if self.memory_format == "auto" else (self.memory_format,),
             )
-        sampler = _Sampler(net, self.noise_for(x), self.num_classes, fmt, bs, prec, x)
-        with model_mode(net, False), _layout(net, fmt), torch.inference_mode():
-            yield sampler
+            fmt, bs = plan.memory_format, plan.batch_size
+        counter = VoteCounter(net, AdditiveNoise(self.noise_for(x)), self.num_classes,
+                              memory_format=fmt, batch_size=bs, precision=prec)
+        with model_mode(net, False), weight_layout(net, fmt), torch.inference_mode():
+            yield counter
 
     def _params(self, x: torch.Tensor, precision: str, **kw: Any) -> dict[str, Any]:
         return {**self.noise_for(x).params(), **kw, "precision": precision}
@@ -419,7 +192,7 @@ class SmoothedClassifier:
             n: noisy draws per input (Cohen et al.: 100,000).
             alpha: error probability: a returned class differs from ``g(x)`` with
                 probability at most ``alpha``.
-            batch_size: noisy images per forward pass (None: ``tune``).
+            batch_size: noisy images per forward pass (None: ``forward.tune``).
             generator: one generator for the batch, or one per input.
             precision: ``"fp32"`` or ``"bf16"`` (autocast, where supported).
 
@@ -466,7 +239,7 @@ class SmoothedClassifier:
             n0: draws per input to choose ``c_A`` (Cohen: 100).
             n: draws per input to bound ``p_A`` (Cohen: 100,000).
             alpha: failure probability per input (Cohen: 0.001).
-            batch_size: noisy images per forward pass (None: ``tune``).
+            batch_size: noisy images per forward pass (None: ``forward.tune``).
             generator: one generator for the batch, or one per input (see
                 ``generators_for``).
             two_class: use ``R = sigma/2 (Phi^-1(p_A) - Phi^-1(p_B))`` with
@@ -497,7 +270,8 @@ class SmoothedClassifier:
         n_a = counts.gather(1, top.view(-1, 1)).squeeze(1)
         extra: dict[str, torch.Tensor] = {"nA": n_a, "n": torch.full_like(n_a, n)}
         if two_class:
-            p_lower, p_upper = two_class_bounds(counts, top, alpha)
+            bounds = two_class_bounds(counts, top, alpha)
+            p_lower, p_upper = bounds.p_lower, bounds.p_upper_b
             abstained = p_lower < p_upper
             radius = noise.radius(p_lower, p_upper)
             runner = counts.scatter(1, top.view(-1, 1), -1).max(dim=1).values
@@ -527,15 +301,176 @@ def _check_counts(*, n: int, alpha: float, n0: int | None = None) -> None:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
 
 
+def check_batch_size(batch_size: int | None) -> None:
+    """Raise unless ``batch_size`` is None (measured) or an int >= 1."""
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be an int >= 1 or None (measured), got {batch_size!r}")
+
+
+def smoothing_header(
+    smoothed: SmoothedClassifier, example: torch.Tensor, counts: Mapping[str, Any],
+    run: Mapping[str, Any], precision: str, mode: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The header params of a smoothing certification, in the line order of its files:
+    noise, norm, number of classes, the draw counts, the pipeline's ``run`` entries (seed,
+    skip, number of images), precision, then the mode's own settings."""
+    noise = smoothed.noise_for(example)
+    return {**noise.params(), "norm": noise.norm, "num_classes": smoothed.num_classes,
+            **counts, **run, "precision": precision, **mode}
+
+
+def small_smoothed(
+    base_model: nn.Module, num_classes: int, noise: Noise | None = None
+) -> SmoothedClassifier:
+    """The smoothed classifier of the certifiers' ``small`` instances: Gaussian noise
+    sigma 0.25 unless ``noise`` is given, contiguous layout (nothing measured)."""
+    return SmoothedClassifier(base_model, noise if noise is not None else Gaussian(sigma=0.25),
+                              num_classes, memory_format="contiguous")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class CohenCertifier:
+    """Cohen et al.'s CERTIFY (arXiv 1902.02918) as a dataset certifier.
+
+    A ``bastion.certify.pipeline.Certifier``: ``certify(x, generators)`` runs
+    ``SmoothedClassifier.certify`` (one- or two-class radius) with one generator per input.
+
+    Args:
+        smoothed: the smoothed classifier (base model, noise, number of classes, layout).
+        n0: selection draws per input (>= 1).
+        n: estimation draws per input (>= 1).
+        alpha: failure probability per input, in (0, 1).
+        two_class: the two-class radius (``stats.two_class_bounds``).
+        batch_size: noisy images per forward pass (None: measured by ``forward.tune``).
+        precision: ``"fp32"`` or ``"bf16"``; resolved at construction for the model's
+            device (``forward.resolve_precision``: bf16 falls back to fp32 with a warning).
+    """
+
+    smoothed: SmoothedClassifier
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    two_class: bool = False
+    batch_size: int | None = None
+    precision: Precision = "fp32"
+
+    def __post_init__(self) -> None:
+        _check_counts(n=self.n, alpha=self.alpha, n0=self.n0)
+        check_batch_size(self.batch_size)
+        object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))
+
+    @classmethod
+    def small(
+        cls, base_model: nn.Module, num_classes: int, *, noise: Noise | None = None,
+        **overrides: Any,
+    ) -> CohenCertifier:
+        """A cheap instance for tests: Gaussian noise sigma 0.25 (or ``noise``), n0 = 32,
+        n = 1000, alpha = 0.01, batches of 256, contiguous layout; ``overrides`` replace
+        any field."""
+        settings: dict[str, Any] = {"n0": 32, "n": 1000, "alpha": 0.01, "batch_size": 256}
+        return cls(smoothed=small_smoothed(base_model, num_classes, noise),
+                   **{**settings, **overrides})
+
+    @property
+    def device(self) -> torch.device:
+        return self.smoothed.device
+
+    @property
+    def inputs_per_call(self) -> int:
+        """Inputs certified together: enough to fill forward batches of a few thousand."""
+        return max(1, min(64, 4096 // (self.n0 + self.n)))
+
+    def header(self, example: torch.Tensor, run: Mapping[str, Any]) -> dict[str, Any]:
+        return smoothing_header(
+            self.smoothed, example, {"n0": self.n0, "n": self.n, "alpha": self.alpha}, run,
+            self.precision, {"mode": "certify", "two_class": self.two_class},
+        )
+
+    def certify(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> Certificate:
+        return self.smoothed.certify(
+            x, n0=self.n0, n=self.n, alpha=self.alpha, batch_size=self.batch_size,
+            generator=list(generators), two_class=self.two_class, precision=self.precision,
+        )
+
+    def details(self, cert: Certificate, j: int) -> dict[str, Any]:
+        """``{"counts": {"nA", "n"[, "nB"]}, "p_lower"[, "p_upper_b"]}`` of input ``j``."""
+        counts = {"nA": int(cert.extra["nA"][j]), "n": int(cert.extra["n"][j])}
+        if "nB" in cert.extra:
+            counts["nB"] = int(cert.extra["nB"][j])
+        out: dict[str, Any] = {"counts": counts, "p_lower": float(cert.extra["p_lower"][j])}
+        if "p_upper_b" in cert.extra:
+            out["p_upper_b"] = float(cert.extra["p_upper_b"][j])
+        return out
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class PredictCertifier:
+    """Cohen et al.'s PREDICT (arXiv 1902.02918) as a dataset certifier: radius 0.
+
+    Every row is a prediction of the smoothed classifier or an abstention (never a radius);
+    certified accuracy at radius 0 is the accuracy of the abstaining smoothed prediction.
+
+    Args:
+        smoothed: the smoothed classifier.
+        n: draws per input (>= 1).
+        alpha: probability that a returned class differs from ``g(x)``, in (0, 1).
+        batch_size: noisy images per forward pass (None: measured).
+        precision: ``"fp32"`` or ``"bf16"`` (resolved at construction).
+    """
+
+    smoothed: SmoothedClassifier
+    n: int = 100_000
+    alpha: float = 0.001
+    batch_size: int | None = None
+    precision: Precision = "fp32"
+
+    def __post_init__(self) -> None:
+        _check_counts(n=self.n, alpha=self.alpha)
+        check_batch_size(self.batch_size)
+        object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))
+
+    @classmethod
+    def small(
+        cls, base_model: nn.Module, num_classes: int, *, noise: Noise | None = None,
+        **overrides: Any,
+    ) -> PredictCertifier:
+        """A cheap instance for tests: Gaussian noise sigma 0.25 (or ``noise``), n = 1000,
+        alpha = 0.01, batches of 256; ``overrides`` replace any field."""
+        settings: dict[str, Any] = {"n": 1000, "alpha": 0.01, "batch_size": 256}
+        return cls(smoothed=small_smoothed(base_model, num_classes, noise),
+                   **{**settings, **overrides})
+
+    @property
+    def device(self) -> torch.device:
+        return self.smoothed.device
+
+    @property
+    def inputs_per_call(self) -> int:
+        return max(1, min(64, 4096 // self.n))
+
+    def header(self, example: torch.Tensor, run: Mapping[str, Any]) -> dict[str, Any]:
+        return smoothing_header(self.smoothed, example, {"n": self.n, "alpha": self.alpha},
+                                run, self.precision, {"mode": "predict"})
+
+    def certify(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> Certificate:
+        return self.smoothed.predict(x, n=self.n, alpha=self.alpha, batch_size=self.batch_size,
+                                     generator=list(generators), precision=self.precision)
+
+    def details(self, cert: Certificate, j: int) -> dict[str, Any]:
+        """``{"counts": {"nA", "nB", "n"}, "pvalue"}`` of input ``j``."""
+        counts = {"nA": int(cert.extra["nA"][j]), "nB": int(cert.extra["nB"][j]), "n": self.n}
+        return {"counts": counts, "pvalue": float(cert.extra["pvalue"][j])}
+
+
 __all__ = [
-    "MEMORY_FORMATS",
-    "NOISE_BLOCK",
-    "PRECISIONS",
-    "MemoryFormat",
-    "Precision",
+    "CohenCertifier",
+    "PredictCertifier",
     "SmoothedClassifier",
-    "bf16_supported",
+    "check_batch_size",
     "generators_for",
-    "resolve_precision",
-    "tune",
+    "num_classes_of",
+    "small_smoothed",
+    "smoothing_header",
 ]

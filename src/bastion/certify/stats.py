@@ -13,7 +13,7 @@ statistics it needs, each checked against scipy/statsmodels in the tests:
   of PREDICT's abstain rule (Hung and Fithian 2019, arXiv 1610.03944).
 - ``two_class_bounds``: the bounds of the two-class radius
   ``R = sigma / 2 (Phi^-1(p_A) - Phi^-1(p_B))``, with the error probability split between
-  the two estimates (see its docstring).
+  the two estimates (see its docstring), as a :class:`TwoClassBounds` record.
 
 All functions take Python ints or integer tensors/arrays and are vectorised; tensors in give
 float64 tensors out (on the input's device), anything else gives numpy float64 arrays (or a
@@ -22,6 +22,7 @@ float for scalar inputs).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -122,10 +123,27 @@ def binomial_pvalue(k: Any, n: Any, p: float = 0.5) -> Any:
     return _out(pv, k, n)
 
 
+@dataclass(frozen=True, eq=False)
+class TwoClassBounds:
+    """Simultaneous confidence bounds of :func:`two_class_bounds`, per example.
+
+    Both hold together with probability at least ``1 - alpha`` (Bonferroni split).
+
+    Args:
+        p_lower: float64 [N], lower bound on ``p_A``, the probability (in [0, 1]) of the
+            guessed top class under noise.
+        p_upper_b: float64 [N], upper bound on ``p_B``, the largest probability of any other
+            class, capped at ``1 - p_lower``.
+    """
+
+    p_lower: torch.Tensor
+    p_upper_b: torch.Tensor
+
+
 def two_class_bounds(
     counts: torch.Tensor, top: torch.Tensor, alpha: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Simultaneous bounds ``(p_A lower, p_B upper)`` for the two-class radius.
+) -> TwoClassBounds:
+    """Simultaneous bounds on ``p_A`` (lower) and ``p_B`` (upper) for the two-class radius.
 
     The two-class form of Cohen et al.'s Theorem 1 needs a lower bound on ``p_A`` and an
     upper bound on ``p_B = max_{c != c_A} p_c``; both must hold together with probability
@@ -145,7 +163,8 @@ def two_class_bounds(
         alpha: total error probability in (0, 1).
 
     Returns:
-        ``(p_a_lower, p_b_upper)``, float64 tensors [N].
+        :class:`TwoClassBounds` with ``p_lower`` and ``p_upper_b``, float64 tensors [N] on
+        ``counts``' device.
     """
     _check_alpha(alpha)
     if counts.dim() != 2 or counts.shape[1] < 2:
@@ -157,7 +176,7 @@ def two_class_bounds(
     upper = cp_upper(counts, n.view(-1, 1).expand_as(counts), alpha / (2 * (k_classes - 1)))
     upper = upper.scatter(1, top.view(-1, 1).to(upper.device), float("-inf"))
     p_b = torch.minimum(upper.max(dim=1).values, 1.0 - p_a)
-    return p_a, p_b
+    return TwoClassBounds(p_lower=p_a, p_upper_b=p_b)
 
 
-__all__ = ["binomial_pvalue", "cp_lower", "cp_upper", "two_class_bounds"]
+__all__ = ["TwoClassBounds", "binomial_pvalue", "cp_lower", "cp_upper", "two_class_bounds"]

@@ -20,6 +20,7 @@ from bastion.losses.macer import (
     soft_smoothed_probs,
 )
 from bastion.losses.tla import (
+    HardNegatives,
     angular_distance,
     embedding_norm_penalty,
     hardest_negatives,
@@ -31,6 +32,7 @@ from bastion.losses.trades import trades_kl, trades_loss
 __all__ = [
     "DIRECTIONS",
     "Direction",
+    "HardNegatives",
     "MacerTerms",
     "angular_distance",
     "curvature_direction",

@@ -9,6 +9,8 @@ Embeddings are the outputs of one layer ``f^(k)``, flattened to [N, D].
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -49,10 +51,24 @@ def pairwise_angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1.0 - (an @ bn.T).abs()
 
 
+@dataclass(frozen=True, eq=False)
+class HardNegatives:
+    """The hard negative chosen for each anchor by :func:`hardest_negatives`.
+
+    Args:
+        index: int64 [N], position in ``candidates`` of each anchor's negative; 0 (and
+            meaningless) where ``valid`` is False.
+        valid: bool [N], True where some candidate has a class other than the anchor's.
+    """
+
+    index: torch.Tensor
+    valid: torch.Tensor
+
+
 def hardest_negatives(
     anchor: torch.Tensor, candidates: torch.Tensor, y_anchor: torch.Tensor,
     y_candidates: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> HardNegatives:
     """For each anchor, the candidate of another class closest in angular distance.
 
     TLA's hard-negative mining: the negative of anchor ``a_i`` is
@@ -67,8 +83,9 @@ def hardest_negatives(
         y_candidates: int64 labels [M].
 
     Returns:
-        ``(index, valid)``: int64 [N] positions in ``candidates`` and a bool [N] mask, False
-        where no candidate has a different class (then ``index`` is 0 and meaningless).
+        :class:`HardNegatives`: ``index``, int64 [N] positions in ``candidates``, and
+        ``valid``, a bool [N] mask, False where no candidate has a different class (then
+        ``index`` is 0 and meaningless).
     """
     with torch.no_grad():
         d = pairwise_angular_distance(anchor.detach(), candidates.detach())
@@ -77,7 +94,7 @@ def hardest_negatives(
         best, index = d.min(dim=1)
         valid = torch.isfinite(best)
         index = torch.where(valid, index, torch.zeros_like(index))
-    return index, valid
+    return HardNegatives(index=index, valid=valid)
 
 
 def triplet_loss(

@@ -10,6 +10,7 @@ from bastion.models.preact_resnet import PreActBlock, PreActResNet18
 from bastion.models.registry import (
     DATASET_STATS,
     MODELS,
+    ChannelStats,
     architecture_signature,
     build,
     check_state_dict_matches,
@@ -21,6 +22,7 @@ from bastion.models.wide_resnet import WideBasicBlock, WideResNet
 __all__ = [
     "DATASET_STATS",
     "MODELS",
+    "ChannelStats",
     "LeNet",
     "MLP",
     "Normalize",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -31,13 +32,29 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 """Architectures by name. Each takes ``num_classes`` and ``in_channels``, plus
 ``input_size`` when its flatten size depends on it, plus its own keyword arguments."""
 
-DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-    "mnist": ((0.1307,), (0.3081,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-    "digits": ((0.0,), (1.0,)),
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel statistics of a dataset's training images, for :class:`Normalize`.
+
+    Args:
+        mean: one float per channel, the mean pixel value in [0, 1] pixel units.
+        std: one float per channel (same length as ``mean``), the standard deviation in
+            [0, 1] pixel units.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+DATASET_STATS: dict[str, ChannelStats] = {
+    "fashion-mnist": ChannelStats(mean=(0.2860,), std=(0.3530,)),
+    "mnist": ChannelStats(mean=(0.1307,), std=(0.3081,)),
+    "cifar10": ChannelStats(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)),
+    "digits": ChannelStats(mean=(0.0,), std=(1.0,)),
 }
-"""Per-channel (mean, std) of each dataset's training images in [0, 1] pixel units."""
+"""Per-channel mean and std of each dataset's training images in [0, 1] pixel units."""
 
 # Arguments that ``build`` supplies itself; everything else is an architecture keyword.
 _COMMON = ("num_classes", "in_channels", "input_size")
@@ -46,18 +63,19 @@ _COMMON = ("num_classes", "in_channels", "input_size")
 _SHOW = 5
 
 
-def dataset_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel ``(mean, std)`` of a dataset, for :class:`Normalize`.
+def dataset_stats(name: str) -> ChannelStats:
+    """Per-channel mean and std of a dataset, for :class:`Normalize`.
 
     Args:
         name: one of ``DATASET_STATS`` ("fashion-mnist", "mnist", "cifar10", "digits").
 
     Returns:
-        ``(mean, std)``, tuples with one float per channel, in [0, 1] pixel units.
+        :class:`ChannelStats`: ``mean`` and ``std``, tuples with one float per channel, in
+        [0, 1] pixel units.
 
     Example:
         >>> dataset_stats("mnist")
-        ((0.1307,), (0.3081,))
+        ChannelStats(mean=(0.1307,), std=(0.3081,))
     """
     if name not in DATASET_STATS:
         raise ValueError(
@@ -128,7 +146,8 @@ def build(
     if dataset is not None:
         if mean is not None or std is not None:
             raise ValueError("give either dataset or mean/std, not both")
-        mean, std = dataset_stats(dataset)
+        stats = dataset_stats(dataset)
+        mean, std = stats.mean, stats.std
     if (mean is None) != (std is None):
         raise ValueError("give both mean and std, or neither (identity normalisation)")
     if mean is None or std is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,9 +12,29 @@ from bastion.records.io import record_from_dict, record_to_dict
 from bastion.types import CERT_NORMS, CertNorm
 
 
+def _check(t: Any, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"Certificate.{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        raise TypeError(f"Certificate.{name} must have dtype {dtype}, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"Certificate.{name} must have shape {list(shape)}, got "
+                         f"{list(t.shape)}")
+    return t.detach().cpu()
+
+
+def _check_radii(r: torch.Tensor, name: str, abstained: torch.Tensor, norm: str) -> None:
+    if not torch.isfinite(r).all() or (r < 0).any():
+        raise ValueError(f"Certificate.{name} must be finite and >= 0")
+    if (r[abstained] != 0).any():
+        raise ValueError(f"an abstaining example must have {name} 0")
+    if norm == "l0" and (r != r.floor()).any():
+        raise ValueError(f"an l0 {name} counts modified elements; it must be a whole number")
+
+
 @dataclass(frozen=True)
 class Certificate:
-    """Per-example certified predictions.
+    """Per-example certified predictions (the record behind the seed's eqs. (4)-(6)).
 
     The guarantee a certifier states with it: for every example i with
     ``abstained[i] == False``, the (smoothed, Lipschitz, ...) classifier predicts
@@ -23,20 +44,24 @@ class Certificate:
 
     Args:
         prediction: int64 [N], the certified class (meaningless where abstained).
-        radius: float64 [N] >= 0, in [0, 1] pixel units of ``norm`` (for ``"l0"``: a number
-            of modified elements); 0 where abstained.
+        radius: float64 [N], finite and >= 0, in [0, 1] pixel units of ``norm`` (for
+            ``"l0"``: a whole number of modified elements); 0 where abstained.
         abstained: bool [N].
         norm: the norm of the radius, ``"l2"``, ``"linf"``, ``"l1"`` or ``"l0"``.
         method: the certifier's name (e.g. ``"smoothing-gaussian"``).
         params: the certifier's parameters (sigma, n, alpha, ...), JSON-safe.
-        extra: per-example auxiliary tensors for auditing (e.g. raw counts).
+        extra: per-example auxiliary tensors for auditing (e.g. raw counts), each with N
+            rows.
         labels: int64 [N], the true labels when the certificate is about a labelled set
             (``bastion.metrics`` uses them when no labels are passed), else None.
         index: int64 [N], dataset positions of the examples, or None.
-        modality_radius: float64 [N, T] >= 0, a radius per input modality (MMCert certifies
-            ``r_t`` modified elements of modality t at once), 0 where abstained; ``radius``
-            is then the budget along the certified direction. None for one modality.
-        modalities: the T modality names of ``modality_radius``.
+        modality_radius: float64 [N, T], finite and >= 0, a radius per input modality
+            (MMCert certifies ``r_t`` modified elements of modality t at once; whole numbers
+            for ``"l0"``), 0 where abstained; ``radius`` is then the budget along the
+            certified direction. None for one modality.
+        modalities: the T modality names of ``modality_radius`` (distinct).
+
+    Tensors are kept on the CPU.
     """
 
     prediction: torch.Tensor
@@ -44,59 +69,88 @@ class Certificate:
     abstained: torch.Tensor
     norm: CertNorm
     method: str
-    params: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, torch.Tensor] = field(default_factory=dict)
     labels: torch.Tensor | None = None
     index: torch.Tensor | None = None
     modality_radius: torch.Tensor | None = None
     modalities: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        n = self.prediction.shape[0]
-        if self.prediction.dtype != torch.int64 or self.prediction.dim() != 1:
-            raise TypeError("Certificate.prediction must be int64 of shape [N]")
-        if self.radius.shape != (n,) or self.abstained.shape != (n,):
-            raise ValueError("Certificate fields must all have shape [N]")
-        if self.abstained.dtype != torch.bool:
-            raise TypeError("Certificate.abstained must be a bool tensor")
+        p = self.prediction
+        if not isinstance(p, torch.Tensor) or p.dtype != torch.int64 or p.dim() != 1:
+            got = f"{p.dtype} {list(p.shape)}" if isinstance(p, torch.Tensor) else type(p).__name__
+            raise TypeError(f"Certificate.prediction must be int64 of shape [N], got {got}")
+        n = p.shape[0]
+        set_ = object.__setattr__
+        set_(self, "prediction", p.detach().cpu())
+        set_(self, "abstained", _check(self.abstained, "abstained", torch.bool, (n,)))
+        set_(self, "radius", _check(self.radius, "radius", torch.float64, (n,)))
         if self.norm not in CERT_NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; valid: {', '.join(CERT_NORMS)}")
-        if torch.isnan(self.radius).any() or (self.radius < 0).any():
-            raise ValueError("Certificate.radius must be >= 0 and not NaN")
-        if (self.radius[self.abstained] != 0).any():
-            raise ValueError("an abstaining example must have radius 0")
+        if not isinstance(self.method, str) or not self.method:
+            raise ValueError("Certificate.method must be a non-empty name")
+        _check_radii(self.radius, "radius", self.abstained, self.norm)
         for name in ("labels", "index"):
             t = getattr(self, name)
-            if t is not None and (t.dtype != torch.int64 or t.shape != (n,)):
-                raise ValueError(f"Certificate.{name} must be int64 of shape [{n}] or None")
-        object.__setattr__(self, "modalities", tuple(self.modalities))
+            if t is not None:
+                set_(self, name, _check(t, name, torch.int64, (n,)))
+        if not isinstance(self.params, Mapping) or not isinstance(self.extra, Mapping):
+            raise TypeError("Certificate.params and Certificate.extra must be dicts")
+        set_(self, "params", dict(self.params))
+        extra: dict[str, torch.Tensor] = {}
+        for k, v in self.extra.items():
+            if not isinstance(v, torch.Tensor) or v.dim() < 1 or v.shape[0] != n:
+                got = list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                raise ValueError(f"Certificate.extra[{k!r}] must be a tensor with {n} rows "
+                                 f"(one per example), got {got}")
+            extra[str(k)] = v.detach().cpu()
+        set_(self, "extra", extra)
+        if isinstance(self.modalities, str):
+            raise TypeError("Certificate.modalities must be a sequence of names, not a str")
+        mods = tuple(self.modalities)
+        set_(self, "modalities", mods)
+        if not all(isinstance(m, str) and m for m in mods) or len(set(mods)) != len(mods):
+            raise ValueError(f"Certificate.modalities must be distinct names, got {mods}")
         m = self.modality_radius
         if m is None:
-            if self.modalities:
+            if mods:
                 raise ValueError("modalities given without modality_radius")
             return
-        if m.dim() != 2 or m.shape[0] != n or m.shape[1] != len(self.modalities):
-            raise ValueError(
-                f"modality_radius must have shape [{n}, {len(self.modalities)}] (one column "
-                f"per name in modalities), got {tuple(m.shape)}"
-            )
-        if torch.isnan(m).any() or (m < 0).any() or (m[self.abstained] != 0).any():
-            raise ValueError("modality_radius must be >= 0, not NaN, and 0 where abstained")
+        if not mods:
+            raise ValueError("modality_radius given without modalities (one name per column)")
+        if isinstance(m, torch.Tensor) and m.dim() != 2:
+            raise ValueError(f"modality_radius must have shape [{n}, {len(mods)}] (one column "
+                             f"per name in modalities), got {list(m.shape)}")
+        set_(self, "modality_radius", _check(m, "modality_radius", torch.float64,
+                                             (n, len(mods))))
+        _check_radii(self.modality_radius, "modality_radius", self.abstained, self.norm)
 
     def __len__(self) -> int:
         return int(self.prediction.shape[0])
+
+    def __eq__(self, other: object) -> bool:
+        """Same type and the same JSON form (tensors compared by dtype, shape and values)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form; ``Certificate.from_dict`` inverts it exactly."""
         return record_to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Certificate:
+    def from_dict(cls, data: Mapping[str, Any]) -> Certificate:
         return record_from_dict(cls, data)
 
     @staticmethod
-    def concat(certs: list[Certificate]) -> Certificate:
-        """Join certificates of consecutive chunks made with the same certifier."""
+    def concat(certs: Sequence[Certificate]) -> Certificate:
+        """Join certificates of consecutive chunks made with the same certifier.
+
+        The chunks must agree on norm, method, params, modalities, the keys of ``extra``,
+        and whether they carry labels, index and modality radii; the result lists their
+        examples in order.
+        """
         if not certs:
             raise ValueError("nothing to concatenate")
         first = certs[0]
@@ -104,7 +158,11 @@ class Certificate:
             if (c.norm, c.method, c.params, c.modalities) != (
                 first.norm, first.method, first.params, first.modalities
             ):
-                raise ValueError("can only concatenate certificates of the same certifier")
+                raise ValueError("can only concatenate certificates of the same certifier "
+                                 "(norm, method, params and modalities must agree)")
+            if set(c.extra) != set(first.extra):
+                raise ValueError(f"certificates with extra keys {sorted(first.extra)} and "
+                                 f"{sorted(c.extra)} cannot be concatenated")
             for name in ("labels", "index", "modality_radius"):
                 if (getattr(c, name) is None) != (getattr(first, name) is None):
                     raise ValueError(f"some certificates have {name} and others do not")

@@ -6,12 +6,14 @@ attack run on them (several attacks, several epsilons, minimal-perturbation atta
 worst case over attacks and the robust-accuracy-against-epsilon curve both come from it:
 a point counts as broken at radius ``eps`` if *any* outcome of that norm found a
 misclassified point within ``eps`` of it (an adversarial example inside a smaller ball lies
-inside every larger one).
+inside every larger one). The metrics of the seed chapter's eqs. (1)-(3) are computed from
+it by ``bastion.metrics``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,22 +33,35 @@ def _within(pert: torch.Tensor, eps: float) -> torch.Tensor:
     return pert.double() <= eps * (1 + _TOL_REL) + _TOL_ABS
 
 
-def _vector(t: Any, name: str, dtype: torch.dtype, n: int | None) -> None:
-    if not isinstance(t, torch.Tensor) or t.dim() != 1:
-        raise TypeError(f"{name} must be a 1-D tensor")
+def _vector(t: Any, name: str, dtype: torch.dtype, n: int | None) -> torch.Tensor:
+    """``t`` on the CPU after checking it is a 1-D ``dtype`` tensor of ``n`` entries."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D of shape [N], got shape {tuple(t.shape)}")
     if t.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
     if n is not None and t.shape[0] != n:
         raise ValueError(f"{name} has {t.shape[0]} entries for {n} points")
+    return t.detach().cpu()
+
+
+def _radius(eps: Any, name: str = "eps") -> float:
+    if isinstance(eps, bool) or not isinstance(eps, int | float):
+        raise TypeError(f"{name} must be a number, got {eps!r}")
+    r = float(eps)
+    if math.isnan(r) or r < 0:
+        raise ValueError(f"{name} must be >= 0 (inf for a minimal attack), got {eps!r}")
+    return r
 
 
 @dataclass(frozen=True)
 class AttackOutcome:
     """One attack's per-example result on the points of an ``EvalResult``.
 
-    Convention: a point the model already misclassifies when clean is not attacked; its
-    adversarial point is the clean input (``perturbation`` 0, ``adv_pred`` the clean
-    prediction).
+    Convention (checked by ``EvalResult``): a point the model already misclassifies when
+    clean is not attacked; its adversarial point is the clean input (``perturbation`` 0,
+    ``adv_pred`` the clean prediction).
 
     Args:
         attack: the attack's name (``"pgd"``, ``"autoattack"``, ``"fmn"``, ...).
@@ -54,9 +69,14 @@ class AttackOutcome:
         eps: the radius in [0, 1] pixel units; ``math.inf`` for a minimal-perturbation
             attack (its ``perturbation`` is the size of the smallest example found).
         adv_pred: int64 [N], predictions on the adversarial points.
-        perturbation: float32 [N] >= 0, ``||x' - x||`` in ``norm``; at most ``eps``.
-        params: the attack's settings (steps, step size, restarts, objective, seed, ...).
-        seconds: wall time of this attack over all points.
+        perturbation: float32 [N], finite and >= 0, ``||x' - x||`` in ``norm`` (pixel
+            units); at most ``eps`` (up to a relative 1e-5 and absolute 1e-6 for the
+            float32 rounding of the projection).
+        params: the attack's settings (steps, step size, restarts, objective, seed, ...),
+            JSON-safe.
+        seconds: wall time of this attack over all points (>= 0).
+
+    Tensors are kept on the CPU.
     """
 
     attack: str
@@ -64,7 +84,7 @@ class AttackOutcome:
     eps: float
     adv_pred: torch.Tensor
     perturbation: torch.Tensor
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     def __post_init__(self) -> None:
@@ -72,24 +92,45 @@ class AttackOutcome:
             raise ValueError("AttackOutcome.attack must be a non-empty name")
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}")
-        eps = float(self.eps)
-        if math.isnan(eps) or eps < 0:
-            raise ValueError(f"eps must be >= 0 (or inf for a minimal attack), got {self.eps!r}")
+        eps = _radius(self.eps)
         object.__setattr__(self, "eps", eps)
-        _vector(self.adv_pred, "adv_pred", torch.int64, None)
-        _vector(self.perturbation, "perturbation", torch.float32, self.adv_pred.shape[0])
-        p = self.perturbation
+        adv = _vector(self.adv_pred, "adv_pred", torch.int64, None)
+        p = _vector(self.perturbation, "perturbation", torch.float32, adv.shape[0])
+        object.__setattr__(self, "adv_pred", adv)
+        object.__setattr__(self, "perturbation", p)
         if not torch.isfinite(p).all() or (p < 0).any():
             raise ValueError(f"{self.attack}: perturbations must be finite and >= 0")
         if not _within(p, eps).all():
             worst = float(p.max())
             raise ValueError(f"{self.attack}: a perturbation of {worst:.6g} exceeds eps {eps:g}")
+        if not isinstance(self.params, Mapping):
+            raise TypeError(f"AttackOutcome.params must be a dict, got {type(self.params)}")
+        object.__setattr__(self, "params", dict(self.params))
+        s = self.seconds
+        if isinstance(s, bool) or not isinstance(s, int | float) or not (0 <= s < math.inf):
+            raise ValueError(f"AttackOutcome.seconds must be a finite number >= 0, got {s!r}")
+        object.__setattr__(self, "seconds", float(s))
+
+    def __len__(self) -> int:
+        return int(self.adv_pred.shape[0])
+
+    @property
+    def minimal(self) -> bool:
+        """A minimal-perturbation attack (``eps`` is infinite)."""
+        return math.isinf(self.eps)
+
+    def __eq__(self, other: object) -> bool:
+        """Same type and the same JSON form (tensors compared by dtype, shape and values)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form; ``AttackOutcome.from_dict`` inverts it exactly."""
         return record_to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AttackOutcome:
+    def from_dict(cls, data: Mapping[str, Any]) -> AttackOutcome:
         return record_from_dict(cls, data)
 
 
@@ -97,9 +138,11 @@ class AttackOutcome:
 class EvalResult:
     """Per-example outcomes of attacks on a fixed set of test points.
 
-    Invariants (checked): every outcome covers the same N points; an adversarial point is
-    never classified correctly where the clean one is not (so robust accuracy never
-    exceeds clean accuracy); perturbations lie within each outcome's radius.
+    Invariants (checked): every outcome covers the same N points; a point misclassified
+    when clean is not attacked (its adversarial prediction is the clean one and its
+    perturbation 0), so an adversarial point is never classified correctly where the
+    clean one is not and robust accuracy never exceeds clean accuracy; perturbations lie
+    within each outcome's radius.
 
     Args:
         index: int64 [N], dataset positions of the evaluated points.
@@ -123,27 +166,43 @@ class EvalResult:
     labels: torch.Tensor
     clean_pred: torch.Tensor
     outcomes: tuple[AttackOutcome, ...] = ()
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _vector(self.labels, "labels", torch.int64, None)
-        n = self.labels.shape[0]
-        _vector(self.index, "index", torch.int64, n)
-        _vector(self.clean_pred, "clean_pred", torch.int64, n)
+        labels = _vector(self.labels, "labels", torch.int64, None)
+        n = labels.shape[0]
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "index", _vector(self.index, "index", torch.int64, n))
+        clean = _vector(self.clean_pred, "clean_pred", torch.int64, n)
+        object.__setattr__(self, "clean_pred", clean)
+        if isinstance(self.outcomes, AttackOutcome | Mapping):
+            raise TypeError("EvalResult.outcomes must be a sequence of AttackOutcome")
         outs = tuple(o if isinstance(o, AttackOutcome) else AttackOutcome.from_dict(o)
                      for o in self.outcomes)
         object.__setattr__(self, "outcomes", outs)
-        wrong = self.clean_pred != self.labels
+        if not isinstance(self.params, Mapping):
+            raise TypeError(f"EvalResult.params must be a dict, got {type(self.params)}")
+        object.__setattr__(self, "params", dict(self.params))
+        wrong = clean != labels
         for o in outs:
-            if o.adv_pred.shape[0] != n:
-                raise ValueError(f"{o.attack} covers {o.adv_pred.shape[0]} points, not {n}")
-            fixed = wrong & (o.adv_pred == self.labels)
+            what = f"{o.attack} ({o.norm}, eps {o.eps:g})"
+            if len(o) != n:
+                raise ValueError(f"{what} covers {len(o)} points, not {n}")
+            fixed = wrong & (o.adv_pred == labels)
             if fixed.any():
-                i = int(fixed.nonzero()[0])
+                i = int(fixed.nonzero()[0, 0])
                 raise ValueError(
-                    f"{o.attack} eps {o.eps:g}: point {int(self.index[i])} is correct after the "
-                    "attack but wrong when clean; attacks must leave misclassified points as "
-                    "they are"
+                    f"{what}: point {int(self.index[i])} is correct after the attack but "
+                    "wrong when clean; attacks must leave misclassified points as they are"
+                )
+            moved = wrong & ((o.adv_pred != clean) | (o.perturbation != 0))
+            if moved.any():
+                i = int(moved.nonzero()[0, 0])
+                raise ValueError(
+                    f"{what}: point {int(self.index[i])} is misclassified when clean but was "
+                    f"attacked (prediction {int(clean[i])} -> {int(o.adv_pred[i])}, "
+                    f"perturbation {float(o.perturbation[i]):.6g}); its adversarial point "
+                    "must be the clean input"
                 )
 
     def __len__(self) -> int:
@@ -177,7 +236,9 @@ class EvalResult:
                   attack: str | None) -> tuple[str, tuple[AttackOutcome, ...]]:
         cands = self.select(attack=attack, norm=norm)
         if not cands:
-            raise ValueError(f"no outcome for attack={attack!r} norm={norm!r}")
+            have = [(o.attack, o.norm, o.eps) for o in self.outcomes]
+            raise ValueError(f"no outcome for attack={attack!r} norm={norm!r}; the record "
+                             f"has {have}")
         norms = {o.norm for o in cands}
         if len(norms) > 1:
             raise ValueError(f"outcomes of several norms {sorted(norms)}: pass norm")
@@ -190,33 +251,42 @@ class EvalResult:
 
         The worst case over the matching outcomes (every attack of the norm, or only
         ``attack``): a point is broken at ``eps`` if some outcome's adversarial point is
-        misclassified and lies within ``eps`` of it. ``eps=None`` works when the matching
-        outcomes have one finite radius.
+        misclassified and lies within ``eps`` of it (pixel units of the norm). Outcomes at
+        a larger radius count only where their perturbation is within ``eps``; outcomes at
+        a smaller radius count in full.
+
+        ``eps=None`` takes the one finite radius of the matching outcomes (``ValueError``
+        if they have several), or ``inf`` when all of them are minimal-perturbation
+        outcomes (then a point is broken wherever the attack found any adversarial point).
         """
         _, cands = self._matching(norm, attack)
         if eps is None:
             finite = {o.eps for o in cands if math.isfinite(o.eps)}
-            if len(finite) != 1:
+            if len(finite) > 1:
                 raise ValueError(f"outcomes at radii {sorted(finite)}: pass eps")
-            eps = finite.pop()
-        r = float(eps)
+            r = finite.pop() if finite else math.inf
+        else:
+            r = _radius(eps)
         broken = torch.zeros(len(self), dtype=torch.bool)
         for o in cands:
             broken |= (o.adv_pred != self.labels) & _within(o.perturbation, r)
         return self.clean_correct & ~broken
 
     def robust_accuracy_curve(
-        self, radii: list[float] | None = None, *, norm: str | None = None,
+        self, radii: Sequence[float] | None = None, *, norm: str | None = None,
         attack: str | None = None,
     ) -> dict[float, float]:
-        """Robust accuracy (worst case over outcomes) at each radius, ``{eps: accuracy}``.
+        """Robust accuracy (worst case over outcomes, over all N points) at each radius.
 
-        Default radii: 0 and every finite radius of the matching outcomes.
+        Returns ``{eps: accuracy}`` in the order of ``radii``; non-increasing in ``eps``.
+        Default radii: 0 and every finite radius of the matching outcomes (pass ``radii``
+        for a minimal-perturbation outcome, whose curve changes at every found norm).
         """
         chosen, cands = self._matching(norm, attack)
         if radii is None:
             radii = sorted({0.0} | {o.eps for o in cands if math.isfinite(o.eps)})
-        return {float(r): float(self.adv_correct(r, norm=chosen, attack=attack).double().mean())
+        return {_radius(r, "radius"): float(self.adv_correct(r, norm=chosen, attack=attack)
+                                             .double().mean())
                 for r in radii}
 
     def with_outcome(self, outcome: AttackOutcome) -> EvalResult:
@@ -224,14 +294,18 @@ class EvalResult:
         return EvalResult(index=self.index, labels=self.labels, clean_pred=self.clean_pred,
                           outcomes=(*self.outcomes, outcome), params=self.params)
 
+    def __eq__(self, other: object) -> bool:
+        """Same type and the same JSON form (tensors compared by dtype, shape and values)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form; ``EvalResult.from_dict`` inverts it exactly."""
-        d = record_to_dict(self)
-        d["outcomes"] = [o.to_dict() for o in self.outcomes]
-        return d
+        return record_to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvalResult:
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
         data = dict(data)
         outs = tuple(AttackOutcome.from_dict(o) for o in data.pop("outcomes", []))
         base = record_from_dict(cls, {**data, "outcomes": []})

@@ -54,11 +54,20 @@ class EpochRecord:
         for name in ("train_seconds", "seconds"):
             if not _number(getattr(self, name), name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        _number(self.best_so_far, "best_so_far")
+        best = _number(self.best_so_far, "best_so_far")
+        if not (best == float("-inf") or 0.0 <= best <= 1.0):
+            raise ValueError(f"best_so_far is an accuracy in [0, 1] (or -inf before any "
+                             f"score), got {self.best_so_far!r}")
+        if not isinstance(self.train, Mapping) or not isinstance(self.measured, Mapping):
+            raise TypeError("EpochRecord.train and EpochRecord.measured must be dicts")
         for k, v in self.train.items():
-            if not k.startswith("train_") or k in MEASURED_KEYS and k in self.measured:
-                raise ValueError(f"train log key {k!r} must start with 'train_' and not "
-                                 "shadow a measured accuracy")
+            if not isinstance(k, str) or not k.startswith("train_") or k in _FIXED:
+                raise ValueError(f"train log key {k!r} must start with 'train_' and not be "
+                                 f"one of {_FIXED}")
+            if k in MEASURED_KEYS:
+                raise ValueError(f"train log key {k!r} is the name of a measured accuracy "
+                                 f"({', '.join(MEASURED_KEYS)}); methods may not log "
+                                 "'clean_acc' or 'robust_acc' (records.step.RESERVED_LOGS)")
             _number(v, k)
         for k, v in self.measured.items():
             if k not in MEASURED_KEYS:
@@ -91,7 +100,15 @@ class EpochRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EpochRecord:
-        """Inverse of ``to_dict``; measured accuracies are recognised by name."""
+        """Inverse of ``to_dict``; measured accuracies are recognised by name.
+
+        The names are unambiguous because methods may not log ``clean_acc``/``robust_acc``
+        (``records.step.RESERVED_LOGS``). Histories written before that rule, by TRADES or
+        RegeneratedAT (which logged their batch clean accuracy as ``clean_acc``), hold a
+        batch average under ``train_clean_acc``; it is read back as measured.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"an epoch record must be a JSON object, got {data!r}")
         rest = {k: v for k, v in data.items() if k not in _FIXED}
         measured = {k: v for k, v in rest.items() if k in MEASURED_KEYS}
         train = {k: v for k, v in rest.items() if k not in MEASURED_KEYS}
@@ -109,7 +126,8 @@ class History:
     """The epochs of a run, in order (epoch numbers 1, 2, ... consecutive).
 
     Frozen: ``append`` returns a new ``History``. On disk it is ``history.jsonl``, one
-    ``EpochRecord.to_dict()`` per line.
+    ``EpochRecord.to_dict()`` per line (``to_dict``/``save_record`` give one JSON object).
+    ``best_so_far`` never decreases from one epoch to the next.
     """
 
     epochs: tuple[EpochRecord, ...] = ()
@@ -118,8 +136,12 @@ class History:
         recs = tuple(e if isinstance(e, EpochRecord) else EpochRecord.from_dict(e)
                      for e in self.epochs)
         nums = [e.epoch for e in recs]
-        if recs and nums != list(range(nums[0], nums[0] + len(nums))):
-            raise ValueError(f"epochs must be consecutive, got {nums}")
+        if nums != list(range(1, len(nums) + 1)):
+            raise ValueError(f"epochs must be numbered 1, 2, ... consecutively, got {nums}")
+        for a, b in zip(recs, recs[1:], strict=False):
+            if b.best_so_far < a.best_so_far:
+                raise ValueError(f"best_so_far fell from {a.best_so_far} (epoch {a.epoch}) to "
+                                 f"{b.best_so_far} (epoch {b.epoch}); it is a running maximum")
         object.__setattr__(self, "epochs", recs)
 
     @classmethod
@@ -132,8 +154,10 @@ class History:
 
     def append(self, record: EpochRecord) -> History:
         """A new history with ``record`` added at the end."""
-        if self.epochs and record.epoch != self.epochs[-1].epoch + 1:
-            raise ValueError(f"epoch {record.epoch} cannot follow epoch {self.epochs[-1].epoch}")
+        last = self.epochs[-1].epoch if self.epochs else 0
+        if record.epoch != last + 1:
+            raise ValueError(f"epoch {record.epoch} cannot follow epoch {last}; expected "
+                             f"epoch {last + 1}")
         return History((*self.epochs, record))
 
     def column(self, key: str) -> list[Any]:
@@ -148,5 +172,21 @@ class History:
 
     @classmethod
     def from_jsonl(cls, text: str) -> History:
+        """Inverse of ``to_jsonl``."""
         return cls.of(json.loads(line) for line in text.splitlines() if line.strip())
+
+    def to_dict(self) -> dict[str, Any]:
+        """One JSON object ``{"record": "History", "epochs": [flat epoch dicts]}``."""
+        return {"record": type(self).__name__, "epochs": self.to_dicts()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> History:
+        """Inverse of ``to_dict``."""
+        tag = data.get("record")
+        if tag is not None and tag != cls.__name__:
+            raise ValueError(f"expected a {cls.__name__} record, got {tag!r}")
+        unknown = set(data) - {"record", "epochs"}
+        if unknown:
+            raise ValueError(f"unknown fields for History: {sorted(unknown)}")
+        return cls.of(data.get("epochs", []))
 

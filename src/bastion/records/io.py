@@ -1,10 +1,14 @@
 """JSON round-trip and atomic writes shared by every record type.
 
 A record is a frozen dataclass whose fields are tensors (per-example values), plain
-scalars, strings or dicts of those. ``record_to_dict`` turns it into JSON-safe data
-(tensors become ``{"__tensor__": dtype, "data": [...]}``) and ``record_from_dict`` reverses
-it exactly (int64, bool and float64 values survive; float32 values round-trip bit for bit
-because Python floats are doubles).
+scalars, strings or mappings and sequences of those. ``record_to_dict`` turns it into
+JSON-safe data (tensors become ``{"__tensor__": dtype, "shape": [...], "data": [...]}``) and
+``record_from_dict`` reverses it exactly: integer, bool and floating tensors keep their
+dtype, shape and every bit of their values (float32 and float16 values are exactly
+representable as Python floats, which ``json`` writes in their shortest round-trip form).
+Tuples come back as lists (records that need tuples convert them in ``__post_init__``).
+Non-finite floats are written as ``NaN``/``Infinity`` (Python's ``json`` reads them back; a
+minimal-perturbation ``AttackOutcome`` has ``eps = inf``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,27 +26,43 @@ import torch
 
 T = TypeVar("T")
 
-_DTYPES = {str(d): d for d in (torch.int64, torch.int32, torch.bool, torch.float32, torch.float64)}
+_DTYPES = {
+    str(d): d
+    for d in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
+              torch.float64, torch.float32, torch.float16, torch.bfloat16)
+}
 
 
 def to_jsonable(value: Any) -> Any:
-    """Recursively convert tensors (and tuples) to JSON-safe structures."""
+    """Recursively convert tensors, mappings, tuples and nested records to JSON-safe data.
+
+    A nested record with a ``to_dict`` method is written with it. Raises ``TypeError`` for
+    a tensor dtype the JSON form cannot round-trip exactly (complex, float8, ...).
+    """
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu()
+        if str(t.dtype) not in _DTYPES:
+            raise TypeError(f"cannot write a {t.dtype} tensor as JSON; supported dtypes: "
+                            f"{', '.join(_DTYPES)}")
         return {"__tensor__": str(t.dtype), "shape": list(t.shape), "data": t.flatten().tolist()}
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        to_dict = getattr(value, "to_dict", None)
+        return to_dict() if to_dict is not None else record_to_dict(value)
     return value
 
 
 def from_jsonable(value: Any) -> Any:
-    """Inverse of ``to_jsonable``."""
+    """Inverse of ``to_jsonable`` for tensors, dicts and lists (nested records stay dicts)."""
     if isinstance(value, dict):
         if "__tensor__" in value:
-            dtype = _DTYPES[value["__tensor__"]]
-            return torch.tensor(value["data"], dtype=dtype).reshape(value["shape"])
+            name = value["__tensor__"]
+            if name not in _DTYPES:
+                raise ValueError(f"unknown tensor dtype {name!r} in a record")
+            return torch.tensor(value["data"], dtype=_DTYPES[name]).reshape(value["shape"])
         return {k: from_jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [from_jsonable(v) for v in value]
@@ -54,8 +75,15 @@ def record_to_dict(record: Any) -> dict[str, Any]:
     return {"record": type(record).__name__, **out}
 
 
-def record_from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuild a record of type ``cls`` from ``record_to_dict``'s output."""
+def record_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Rebuild a record of type ``cls`` from ``record_to_dict``'s output.
+
+    Raises ``ValueError`` if the data is tagged as another record type or has fields
+    ``cls`` does not know.
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(f"a {cls.__name__} record must be a JSON object, got "
+                        f"{type(data).__name__}")
     tag = data.get("record")
     if tag is not None and tag != cls.__name__:
         raise ValueError(f"expected a {cls.__name__} record, got {tag!r}")
@@ -92,13 +120,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def save_record(path: str | os.PathLike, record: Any) -> None:
-    """Atomically write a record as JSON."""
-    data = record.to_dict() if hasattr(record, "to_dict") else record_to_dict(record)
+    """Atomically write a record (its ``to_dict()``, else ``record_to_dict``) as JSON.
+
+    ``load_record(type(record), path)`` reads back an equal record.
+    """
+    if not dataclasses.is_dataclass(record) or isinstance(record, type):
+        raise TypeError(f"save_record takes a record (a dataclass instance), got "
+                        f"{type(record).__name__}")
+    to_dict = getattr(record, "to_dict", None)
+    data = to_dict() if to_dict is not None else record_to_dict(record)
     atomic_write_bytes(path, (json.dumps(data) + "\n").encode())
 
 
 def load_record(cls: type[T], path: str | os.PathLike) -> T:
-    """Read a record written by ``save_record``."""
+    """Read a record of type ``cls`` written by ``save_record`` (``cls.from_dict`` if any)."""
     with open(path) as fh:
         data = json.load(fh)
     from_dict = getattr(cls, "from_dict", None)

@@ -66,11 +66,21 @@ class CertificationRow:
             raise ValueError(f"row radius must be a finite number >= 0, got {r!r}")
         if self.abstained and r != 0:
             raise ValueError(f"input {self.index} abstained with radius {r}; it must be 0")
-        if not (isinstance(self.seconds, int | float) and self.seconds >= 0):
-            raise ValueError(f"row seconds must be >= 0, got {self.seconds!r}")
-        clash = set(self.details) & set(_CORE)
+        s = self.seconds
+        if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s < math.inf:
+            raise ValueError(f"row seconds must be a finite number >= 0, got {s!r}")
+        if not isinstance(self.details, Mapping):
+            raise TypeError(f"row details must be a dict, got {type(self.details).__name__}")
+        bad_keys = [k for k in self.details if not isinstance(k, str)]
+        if bad_keys:
+            raise TypeError(f"row details keys must be strings, got {bad_keys}")
+        clash = set(self.details) & {*_CORE, "record"}
         if clash:
             raise ValueError(f"row details may not redefine core fields {sorted(clash)}")
+        try:
+            json.dumps(dict(self.details), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"row details of input {self.index} are not JSON-safe: {e}") from None
         object.__setattr__(self, "radius", float(r))
         object.__setattr__(self, "details", MappingProxyType(dict(self.details)))
 
@@ -91,9 +101,28 @@ class CertificationRow:
         """The JSON line (without the newline)."""
         return json.dumps(self.to_json(), separators=(", ", ": "), allow_nan=False)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The row with a ``"record"`` tag (for ``records.save_record``)."""
+        return {"record": type(self).__name__, **self.to_json()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CertificationRow:
+        """Inverse of ``to_dict`` (``from_json`` with the tag checked and dropped)."""
+        tag = data.get("record")
+        if tag is not None and tag != cls.__name__:
+            raise ValueError(f"expected a {cls.__name__} record, got {tag!r}")
+        return cls.from_json({k: v for k, v in data.items() if k != "record"})
+
+    @classmethod
+    def loads(cls, line: str) -> CertificationRow:
+        """Parse one JSON line written by ``dumps``."""
+        return cls.from_json(json.loads(line))
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CertificationRow:
         """Parse a row dict; its ``correct`` field, if any, must agree with the others."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a certification row must be a JSON object, got {data!r}")
         missing = [k for k in _CORE if k not in ("correct", "seconds") and k not in data]
         if missing:
             raise ValueError(f"certification row lacks {missing}: {dict(data)}")
@@ -103,7 +132,8 @@ class CertificationRow:
             seconds=data.get("seconds", 0.0),
             details={k: v for k, v in data.items() if k not in _CORE},
         )
-        if "correct" in data and data["correct"] != row.correct:
+        if "correct" in data and (not isinstance(data["correct"], bool)
+                                  or data["correct"] != row.correct):
             raise ValueError(f"row of input {row.index} says correct={data['correct']} but "
                              f"its prediction, label and abstention say {row.correct}")
         return row

@@ -1,6 +1,6 @@
 """Training: one loop (``fit``) and methods as small objects."""
 
-from bastion.train.cat import CAT
+from bastion.train.cat import CAT, CATState
 from bastion.train.consistency import Consistency
 from bastion.train.cure import CURE
 from bastion.train.evaluation import EvalPlan, per_epoch_evaluation
@@ -9,7 +9,7 @@ from bastion.train.gaussian_noise import GaussianNoise, NoiseAugmentation
 from bastion.train.loop import fit
 from bastion.train.macer import MACER
 from bastion.train.pgd_at import PGDAT
-from bastion.train.regenerate import RegeneratedAT
+from bastion.train.regenerate import RegeneratedAT, RegeneratedSet
 from bastion.train.registry import METHODS, build_method
 from bastion.train.standard import Standard
 from bastion.train.tla import TLA
@@ -17,4 +17,5 @@ from bastion.train.trades import TRADES
 
 __all__ = ["METHODS", "EvalPlan", "GaussianNoise", "per_epoch_evaluation", "PGDAT", "Standard",
            "build_method", "fit", "TRADES", "CURE", "TLA", "Consistency",
-           "FAT", "CAT", "RegeneratedAT", "MACER", "NoiseAugmentation"]
+           "FAT", "CAT", "CATState", "RegeneratedAT", "RegeneratedSet", "MACER",
+           "NoiseAugmentation"]

@@ -7,7 +7,7 @@ arXiv 2002.06789 (IJCAI 2022).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -15,10 +15,9 @@ from torch import nn
 
 from bastion._torch import model_mode, unwrap
 from bastion._validate import check_choice, check_radius
-from bastion.attacks.pgd import ATTACK_NORMS, pgd
+from bastion.attacks.threat import ThreatModel, init_threat
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import Norm
 
 Smoothing = Literal["dirichlet", "uniform", "none"]
 SMOOTHINGS: tuple[str, ...] = ("dirichlet", "uniform", "none")
@@ -62,6 +61,48 @@ def smoothed_labels(
     return (1 - s) * onehot + s * u
 
 
+@dataclass(eq=False)
+class CATState:
+    """CAT's mutable training state, made by ``CAT.init_state`` and owned by the loop.
+
+    ``fit`` passes it to every step as ``ctx.state`` and saves ``state_dict()`` in each
+    checkpoint; ``load_state_dict`` restores it exactly on resume.
+
+    Args:
+        eps: float32 [dataset_size], the current radius eps_i of every training example
+            (pixel units), updated in place by each step.
+        num_classes: K, measured from the model on the first step (None until then).
+    """
+
+    eps: torch.Tensor
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.eps, torch.Tensor) or self.eps.dim() != 1:
+            raise ValueError("CATState.eps must be a vector [dataset_size]")
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"eps": radii [dataset_size] on the CPU, "num_classes": K}`` (K once known)."""
+        state: dict[str, Any] = {"eps": self.eps.detach().cpu().clone()}
+        if self.num_classes is not None:
+            state["num_classes"] = int(self.num_classes)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the radii (and K) in place; the number of radii must match."""
+        eps = torch.as_tensor(state["eps"], dtype=torch.float32)
+        if eps.dim() != 1:
+            raise ValueError(f"CAT state 'eps' must be a vector, got shape {tuple(eps.shape)}")
+        if self.eps.shape != eps.shape:
+            raise ValueError(
+                f"CAT state has {eps.shape[0]} radii but the dataset has "
+                f"{self.eps.shape[0]} examples"
+            )
+        self.eps.copy_(eps)
+        k = state.get("num_classes")
+        self.num_classes = None if k is None else int(k)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CAT:
     """Customized adversarial training: per-example radius eps_i and soft label y~_i.
@@ -100,46 +141,54 @@ class CAT:
     0.31), ``eta = 0.015`` keeps eta / eps_max near 0.16 (0.005 / (8/255)), so a point
     that resists reaches eps_max in 7 visits (epochs).
 
-    The radii live in a tensor of the dataset's size made by ``setup`` and are saved by
-    ``state_dict``. Under DDP each rank updates its own copy and rank 0's is checkpointed.
+    The radii live in a ``CATState`` made by ``init_state`` (one per training example, at
+    ``eps_init``), held by the training loop and handed to each step as ``ctx.state``; the
+    method object itself never changes, so ``dataclasses.replace(cat, ...)`` is safe
+    mid-run. Under DDP each rank updates its own copy and rank 0's is checkpointed.
+
+    The threat model: ``threat.eps`` is CAT's cap ``eps_max``; each example is attacked in
+    its own ball ``B(x_i, e_i)``, ``e_i <= threat.eps``, with the threat's ``norm``,
+    ``steps``, ``random_init`` and ``train_mode``. ``threat.step_size=None`` (default) is
+    the per-example step ``step_size_ratio * e_i / steps``; a number is one fixed step for
+    every example.
 
     Logs: ``adv_acc``, ``eps_mean`` (mean eps_i of the batch after the update),
     ``attack_success``.
 
     Args:
-        eps_max: largest radius, pixel units.
+        threat: the attack (``ThreatModel``; a mapping overrides the default's keys):
+            ``eps`` = eps_max, the largest radius (pixel units, > 0; default 0.1),
+            ``norm``, ``steps`` (10), ``step_size`` (None: the per-example rule),
+            ``random_init`` (False: the public implementations start at x) and
+            ``train_mode`` (False: eval mode during the attack, restored).
         eta: radius increment per visit in which the attack fails.
         eps_init: initial radius of every example (the paper starts at 0).
         c: label-smoothing weight per unit radius; ``c * eps_max <= 0.5`` keeps the true
             class the most likely one of y~.
         smoothing: ``"dirichlet"`` (the authors'), ``"uniform"`` or ``"none"``.
-        norm: ``"linf"`` or ``"l2"``.
-        steps: PGD steps.
         step_size_ratio: PGD step is ``step_size_ratio * e_i / steps`` per example.
-        random_init: PGD random start (the public implementations start at x).
         decrease: lower eps_i by ``eta`` when the attack succeeds (else keep it).
-        attack_train_mode: attack with the model in train mode (default eval, restored).
+
+    Example:
+        >>> cat = CAT(threat=ThreatModel(eps=0.1, steps=7, random_init=False))
+        >>> state = cat.init_state(100, "cpu")
+        >>> state.eps.shape, cat.eps_max
+        (torch.Size([100]), 0.1)
     """
 
-    eps_max: float = 0.1
+    threat: ThreatModel = ThreatModel(eps=0.1, steps=10, random_init=False)
     eta: float = 0.015
     eps_init: float = 0.0
     c: float = 3.0
     smoothing: Smoothing = "dirichlet"
-    norm: Norm = "linf"
-    steps: int = 10
     step_size_ratio: float = 2.5
-    random_init: bool = False
     decrease: bool = True
-    attack_train_mode: bool = False
-    _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_choice(self.norm, ATTACK_NORMS, "norm")
+        init_threat(self)
         check_choice(self.smoothing, SMOOTHINGS, "CAT smoothing")
-        check_radius(self.eps_max, "eps_max", upper=1.0 if self.norm == "linf" else None)
         if not self.eps_max > 0:
-            raise ValueError(f"eps_max must be > 0, got {self.eps_max}")
+            raise ValueError(f"eps_max (threat.eps) must be > 0, got {self.eps_max}")
         check_radius(self.eps_init, "eps_init", upper=self.eps_max)
         if not (math.isfinite(self.eta) and self.eta > 0):
             raise ValueError(f"eta must be a finite number > 0, got {self.eta}")
@@ -147,53 +196,33 @@ class CAT:
             raise ValueError(f"c must be a finite number >= 0, got {self.c}")
         if self.c * self.eps_max > 0.5:
             raise ValueError(
-                f"c * eps_max = {self.c * self.eps_max:.4g} > 0.5: the smoothed label could "
-                "rank another class above the true one; lower c"
+                f"c * eps_max = {self.c * self.eps_max:.4g} > 0.5 (eps_max is threat.eps): "
+                "the smoothed label could rank another class above the true one; lower c"
             )
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
         if not (math.isfinite(self.step_size_ratio) and self.step_size_ratio > 0):
             raise ValueError(f"step_size_ratio must be > 0, got {self.step_size_ratio}")
 
-    # --- per-example state ---------------------------------------------------------------
-    def setup(self, dataset_size: int, device: torch.device | str | None = None) -> None:
-        """Create the radii, one per training example, at ``eps_init``."""
-        if dataset_size < 1:
-            raise ValueError(f"dataset_size must be >= 1, got {dataset_size}")
-        self._state["eps"] = torch.full((dataset_size,), float(self.eps_init),
-                                        dtype=torch.float32, device=device)
-
     @property
-    def epsilons(self) -> torch.Tensor:
-        """The current per-example radii [dataset_size] (a view; do not modify)."""
-        if "eps" not in self._state:
-            raise RuntimeError("CAT has no radii yet: call setup(dataset_size, device) first")
-        return self._state["eps"]
+    def eps_max(self) -> float:
+        """The largest per-example radius, ``threat.eps`` (pixel units)."""
+        return self.threat.eps
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"eps": self.epsilons.detach().cpu().clone()}
+    # --- per-example state ---------------------------------------------------------------
+    def init_state(self, dataset_size: int, device: torch.device | str | None = None) -> CATState:
+        """The radii of a training set of ``dataset_size`` examples, all at ``eps_init``."""
+        if not isinstance(dataset_size, int) or dataset_size < 1:
+            raise ValueError(f"dataset_size must be an int >= 1, got {dataset_size!r}")
+        return CATState(eps=torch.full((dataset_size,), float(self.eps_init),
+                                       dtype=torch.float32, device=device))
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        eps = torch.as_tensor(state["eps"], dtype=torch.float32)
-        if eps.dim() != 1:
-            raise ValueError(f"CAT state 'eps' must be a vector, got shape {tuple(eps.shape)}")
-        if "eps" in self._state:
-            if self._state["eps"].shape != eps.shape:
-                raise ValueError(
-                    f"CAT state has {eps.shape[0]} radii but the dataset has "
-                    f"{self._state['eps'].shape[0]} examples"
-                )
-            self._state["eps"].copy_(eps)
-        else:
-            self._state["eps"] = eps.clone()
-
-    def _num_classes(self, model: nn.Module, x: torch.Tensor) -> int:
-        """K, from one eval-mode forward of one image on the first call (then cached)."""
-        if "num_classes" not in self._state:
+    @staticmethod
+    def _num_classes(state: CATState, model: nn.Module, x: torch.Tensor) -> int:
+        """K, from one eval-mode forward of one image on the first call (then in the state)."""
+        if state.num_classes is None:
             net = unwrap(model)
             with torch.no_grad(), model_mode(net, False):
-                self._state["num_classes"] = int(net(x[:1]).shape[1])
-        return self._state["num_classes"]
+                state.num_classes = int(net(x[:1]).shape[1])
+        return state.num_classes
 
     # --- the step ------------------------------------------------------------------------
     def __call__(
@@ -201,13 +230,20 @@ class CAT:
     ) -> StepOutput:
         if ctx is None or ctx.index is None:
             raise ValueError("CAT keeps a radius per example and needs ctx.index (use fit)")
-        store = self.epsilons
+        state = ctx.state
+        if not isinstance(state, CATState):
+            raise ValueError(
+                "CAT needs its radii in ctx.state: state = cat.init_state(dataset_size, "
+                f"device) (fit does this); got {type(state).__name__}"
+            )
+        store = state.eps
         idx = ctx.index.to(store.device)
         if idx.shape != y.shape:
             raise ValueError(f"ctx.index has shape {tuple(idx.shape)}, labels {tuple(y.shape)}")
         gen = ctx.generator
+        t = self.threat
         eps_old = store[idx].to(device=x.device, dtype=x.dtype)
-        num_classes = self._num_classes(model, x)
+        num_classes = self._num_classes(state, model, x)
         trial = (eps_old + self.eta).clamp(max=self.eps_max)
         if self.smoothing == "none":
             target: torch.Tensor = y
@@ -216,10 +252,9 @@ class CAT:
             target = smoothed_labels(y, eps_old, num_classes=num_classes, c=self.c,
                                      kind=self.smoothing, generator=gen)
             objective = "kl"
-        r = pgd(
-            model, x, target, eps=trial, norm=self.norm, steps=self.steps,
-            step_size=self.step_size_ratio * trial / self.steps, random_init=self.random_init,
-            objective=objective, train_mode=self.attack_train_mode, generator=gen,
+        r = t.attack(
+            model, x, target, eps=trial, default_step_size=self.step_size_ratio * trial / t.steps,
+            objective=objective, generator=gen,
         )
         lowered = (eps_old - self.eta).clamp(min=0.0) if self.decrease else eps_old
         eps_new = torch.where(r.success, lowered, trial).clamp(0.0, self.eps_max)

@@ -62,9 +62,9 @@ def save_checkpoint(
     tmp.mkdir()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
-    skeleton, tensors = split_state(train_state)
-    save_file(tensors, str(tmp / "train_state.safetensors"))
-    (tmp / "train_state.json").write_text(json.dumps(skeleton))
+    split = split_state(train_state)
+    save_file(split.tensors, str(tmp / "train_state.safetensors"))
+    (tmp / "train_state.json").write_text(json.dumps(split.skeleton))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())

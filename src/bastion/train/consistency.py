@@ -12,11 +12,10 @@ from torch import nn
 
 from bastion._validate import check_choice
 from bastion.attacks.core import AttackResult
-from bastion.attacks.pgd import check_attack_options, pgd
+from bastion.attacks.threat import ThreatModel, init_threat
 from bastion.losses.consistency import js_divergence
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import Norm
 
 Augment = Literal["crop-flip", "crop", "flip", "none"]
 AUGMENTS: tuple[str, ...] = ("crop-flip", "crop", "flip", "none")
@@ -106,39 +105,31 @@ class Consistency:
     10 steps of 2/255 at eps 8/255), eval mode during the attack (its ``EvalBN``).
 
     Args:
-        eps: radius in [0, 1] pixel units.
-        norm: ``"linf"`` or ``"l2"``.
-        steps: PGD steps.
-        step_size: PGD step; None means ``eps / 4``.
-        random_init: PGD random start.
+        threat: the views' PGD (``ThreatModel``; a mapping overrides the default's keys):
+            radius ``eps`` in [0, 1] pixel units (default 0.1), ``norm``, ``steps`` (10),
+            ``step_size`` (None means ``eps / 4``), ``random_init`` (True) and
+            ``train_mode`` (False: eval mode during the attack, restored).
         lambda_: weight of the JS term, >= 0.
         tau: temperature of the JS term, > 0.
         augment: ``"crop-flip"``, ``"crop"``, ``"flip"`` or ``"none"``.
         pad: crop padding in pixels, >= 0.
-        attack_train_mode: attack with the model in train mode (default eval, restored).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
-        >>> out = Consistency(eps=0.1, steps=2)(model, torch.rand(2, 1, 4, 4),
-        ...                                     torch.tensor([0, 1]))
+        >>> method = Consistency(threat=ThreatModel(eps=0.1, steps=2))
+        >>> out = method(model, torch.rand(2, 1, 4, 4), torch.tensor([0, 1]))
         >>> sorted(out.logs)
         ['adv_acc', 'ce', 'js']
     """
 
-    eps: float = 0.1
-    norm: Norm = "linf"
-    steps: int = 10
-    step_size: float | None = None
-    random_init: bool = True
+    threat: ThreatModel = ThreatModel(eps=0.1, steps=10)
     lambda_: float = 1.0
     tau: float = 0.5
     augment: Augment = "crop-flip"
     pad: int = 4
-    attack_train_mode: bool = False
 
     def __post_init__(self) -> None:
-        check_attack_options(eps=self.eps, norm=self.norm, steps=self.steps,
-                             step_size=self.step_size)
+        init_threat(self)
         if not (isinstance(self.lambda_, int | float) and math.isfinite(self.lambda_)
                 and self.lambda_ >= 0):
             raise ValueError(f"lambda_ must be a finite number >= 0, got {self.lambda_!r}")
@@ -162,12 +153,8 @@ class Consistency:
         generator: torch.Generator | None = None,
     ) -> AttackResult:
         """PGD (cross-entropy) on the stacked views with their labels ``y2`` [2N]."""
-        step = self.eps / 4 if self.step_size is None else self.step_size
-        return pgd(
-            model, views, y2, eps=self.eps, norm=self.norm, steps=self.steps, step_size=step,
-            random_init=self.random_init, train_mode=self.attack_train_mode,
-            generator=generator,
-        )
+        return self.threat.attack(model, views, y2, default_step_size=self.threat.eps / 4,
+                                  generator=generator)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext | None = None

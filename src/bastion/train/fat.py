@@ -17,10 +17,9 @@ from torch import nn
 from bastion._validate import check_choice
 from bastion.attacks.core import clip_to_ball_and_box, perturbation_norm
 from bastion.attacks.minimal import fmn
-from bastion.attacks.pgd import check_attack_options, pgd
+from bastion.attacks.threat import ThreatModel, init_threat
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import Norm
 
 FATAttack = Literal["pgd-k-tau", "minimal"]
 FAT_ATTACKS: tuple[str, ...] = ("pgd-k-tau", "minimal")
@@ -66,37 +65,31 @@ class FAT:
     paper's "BP count"), ``tau`` and ``adv_norm`` (mean ||x~ - x||).
 
     Args:
-        eps: radius in [0, 1] pixel units.
-        norm: ``"linf"`` or ``"l2"``.
-        steps: the maximum number of PGD steps K (FMN iterations for ``"minimal"``).
-        step_size: PGD step; None means ``2.5 * eps / steps``.
+        threat: the attack (``ThreatModel``; a mapping overrides the default's keys):
+            radius ``eps`` > 0 in [0, 1] pixel units (default 0.1), ``norm``, ``steps``
+            (10: the maximum number of PGD steps K, FMN iterations for ``"minimal"``),
+            ``step_size`` (None: ``2.5 * eps / steps``), ``random_init`` (True: uniform in
+            the ball, or Gaussian with ``init_std``) and ``train_mode`` (False: eval mode
+            during the attack, restored).
         tau: fixed number of steps taken after the first misclassification; only with
             ``tau_schedule=None`` (setting both is an error).
         tau_schedule: ``((fraction, tau), ...)`` with increasing fractions in [0, 1) starting
             at 0; default the paper's dynamic tau; None uses the fixed ``tau``.
         attack: ``"pgd-k-tau"`` (FAT) or ``"minimal"`` (FMN capped at ``eps``).
-        random_init: PGD random start (uniform in the ball, or Gaussian with ``init_std``).
         init_std: Gaussian start with this std instead of the uniform one.
-        attack_train_mode: attack with the model in train mode (default eval, restored).
     """
 
-    eps: float = 0.1
-    norm: Norm = "linf"
-    steps: int = 10
-    step_size: float | None = None
+    threat: ThreatModel = ThreatModel(eps=0.1, steps=10)
     tau: int = 0
     tau_schedule: tuple[tuple[float, int], ...] | None = PAPER_TAU_SCHEDULE
     attack: FATAttack = "pgd-k-tau"
-    random_init: bool = True
     init_std: float | None = None
-    attack_train_mode: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.attack, FAT_ATTACKS, "FAT attack")
-        check_attack_options(eps=self.eps, norm=self.norm, steps=self.steps,
-                             step_size=self.step_size)
-        if not self.eps > 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
+        init_threat(self)
+        if not self.threat.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.threat.eps}")
         if not isinstance(self.tau, int) or self.tau < 0:
             raise ValueError(f"tau must be an int >= 0, got {self.tau!r}")
         if self.init_std is not None and not self.init_std > 0:
@@ -140,24 +133,21 @@ class FAT:
     ) -> StepOutput:
         gen = ctx.generator if ctx is not None else None
         tau = self.tau_at(ctx.epoch, ctx.epochs) if ctx is not None else self.tau_at(0, 1)
-        train_mode = self.attack_train_mode
+        t = self.threat
         if self.attack == "pgd-k-tau":
-            r = pgd(
-                model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
-                step_size=self.step_size, random_init=self.random_init, early_stop=True,
-                tau=tau, train_mode=train_mode, init_std=self.init_std, generator=gen,
-            )
+            r = t.attack(model, x, y, early_stop=True, tau=tau, init_std=self.init_std,
+                         generator=gen)
             x_adv, num_steps = r.x_adv, r.num_steps.double().mean()
         else:
-            m = fmn(model, x, y, norm=self.norm, steps=self.steps, train_mode=train_mode)
-            radius = torch.as_tensor(self.eps, dtype=x.dtype, device=x.device)
-            x_adv = clip_to_ball_and_box(x, m.x_adv, radius, self.norm).detach()
-            num_steps = torch.tensor(float(self.steps), dtype=torch.float64)
+            m = fmn(model, x, y, norm=t.norm, steps=t.steps, train_mode=t.train_mode)
+            radius = torch.as_tensor(t.eps, dtype=x.dtype, device=x.device)
+            x_adv = clip_to_ball_and_box(x, m.x_adv, radius, t.norm).detach()
+            num_steps = torch.tensor(float(t.steps), dtype=torch.float64)
         logits = model(x_adv)
         logs: dict[str, torch.Tensor | float] = {
             "adv_acc": batch_accuracy(logits, y),
             "num_steps": num_steps,
-            "adv_norm": perturbation_norm(x_adv - x, self.norm).mean().detach(),
+            "adv_norm": perturbation_norm(x_adv - x, t.norm).mean().detach(),
         }
         if self.attack == "pgd-k-tau":
             logs["tau"] = float(tau)

@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion.attacks.pgd import check_attack_options, pgd
+from bastion.attacks.threat import ThreatModel, init_threat
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import Norm
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,38 +24,31 @@ class PGDAT:
     D_adv ∪ D with D' = D (every batch appears clean and attacked).
 
     Args:
-        eps: radius in [0, 1] pixel units.
-        norm: ``"linf"`` or ``"l2"``.
-        steps: PGD steps for the inner maximisation.
-        step_size: PGD step; None means ``2.5 * eps / steps``.
-        random_init: PGD random start.
+        threat: the inner PGD (``ThreatModel``; a mapping overrides the default's keys):
+            radius ``eps`` in [0, 1] pixel units (default 0.1), ``norm``, ``steps`` (10),
+            ``step_size`` (None: ``2.5 * eps / steps``), ``random_init`` (True) and
+            ``train_mode`` (False: the model attacks in eval mode, restored afterwards;
+            True: BatchNorm batch statistics and dropout on).
         clean_weight: weight of the clean loss in [0, 1].
-        attack_train_mode: run the model in train mode while attacking (BatchNorm batch
-            statistics, dropout on); default eval mode, restored afterwards.
+
+    Example:
+        >>> method = PGDAT(threat=ThreatModel(eps=0.1, steps=7, step_size=0.025))
+        >>> method.threat.steps
+        7
     """
 
-    eps: float = 0.1
-    norm: Norm = "linf"
-    steps: int = 10
-    step_size: float | None = None
-    random_init: bool = True
+    threat: ThreatModel = ThreatModel(eps=0.1, steps=10)
     clean_weight: float = 0.0
-    attack_train_mode: bool = False
 
     def __post_init__(self) -> None:
-        check_attack_options(eps=self.eps, norm=self.norm, steps=self.steps,
-                             step_size=self.step_size)
+        init_threat(self)
         if not 0.0 <= self.clean_weight <= 1.0:
             raise ValueError(f"clean_weight must be in [0, 1], got {self.clean_weight}")
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext | None = None
     ) -> StepOutput:
-        attack = pgd(
-            model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
-            step_size=self.step_size, random_init=self.random_init,
-            train_mode=self.attack_train_mode, generator=ctx.generator if ctx else None,
-        )
+        attack = self.threat.attack(model, x, y, generator=ctx.generator if ctx else None)
         if self.clean_weight > 0:
             logits = model(torch.cat([attack.x_adv, x]))
             adv_logits, clean_logits = logits[: len(x)], logits[len(x) :]

@@ -1,12 +1,14 @@
 """Save nested state (optimizer, scheduler, RNG, method state) without pickle.
 
 ``split_state`` replaces every tensor of a nested dict/list structure by a reference and
-collects the tensors in a flat dict for safetensors; the skeleton goes to JSON.
-``join_state`` reverses it. Integer dict keys (optimizer states use them) are kept.
+collects the tensors in a flat dict for safetensors; the skeleton goes to JSON (both in a
+:class:`SplitState`). ``join_state`` reverses it. Integer dict keys (optimizer states use
+them) are kept.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,7 +16,22 @@ import torch
 _INT_KEY = "__int__:"
 
 
-def split_state(obj: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+@dataclass(frozen=True, eq=False)
+class SplitState:
+    """A nested state split by :func:`split_state`; ``join_state(skeleton, tensors)`` rebuilds it.
+
+    Args:
+        skeleton: the structure with every tensor replaced by ``{"__tensor_ref__": name}``
+            and integer dict keys encoded as ``"__int__:<k>"``; JSON-serialisable.
+        tensors: ``{name: tensor}``, each detached, on the CPU and contiguous (ready for
+            safetensors); names are the dotted paths of the tensors in the structure.
+    """
+
+    skeleton: Any
+    tensors: dict[str, torch.Tensor]
+
+
+def split_state(obj: Any, prefix: str = "") -> SplitState:
     """Split ``obj`` into a JSON-safe skeleton and a flat ``{name: tensor}`` dict."""
     tensors: dict[str, torch.Tensor] = {}
 
@@ -34,7 +51,8 @@ def split_state(obj: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor
             return o
         raise TypeError(f"cannot save state value of type {type(o).__name__} at {path!r}")
 
-    return walk(obj, prefix), tensors
+    skeleton = walk(obj, prefix)
+    return SplitState(skeleton=skeleton, tensors=tensors)
 
 
 def join_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:

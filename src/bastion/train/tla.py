@@ -11,7 +11,7 @@ from torch import nn
 
 from bastion._torch import unwrap
 from bastion.attacks.core import AttackResult
-from bastion.attacks.pgd import check_attack_options, pgd
+from bastion.attacks.threat import ThreatModel, init_threat
 from bastion.losses.tla import (
     angular_distance,
     embedding_norm_penalty,
@@ -20,7 +20,6 @@ from bastion.losses.tla import (
 )
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import Norm
 
 _SHOW_NAMES = 60
 
@@ -32,7 +31,7 @@ def _module_names(net: nn.Module) -> str:
     return shown + (f", ... and {more} more" if more > 0 else "")
 
 
-def embedding_module(model: nn.Module, layer: str | None) -> tuple[nn.Module, bool]:
+def _embedding_module(model: nn.Module, layer: str | None) -> tuple[nn.Module, bool]:
     """The module whose output (or, for ``layer=None``, whose input) is the embedding.
 
     Args:
@@ -68,15 +67,15 @@ def embedding_module(model: nn.Module, layer: str | None) -> tuple[nn.Module, bo
         ) from None
 
 
-def forward_with_embedding(
+def _forward_with_embedding(
     model: nn.Module, x: torch.Tensor, layer: str | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [N, K] and the embedding [N, ...] of ``layer`` (see :func:`embedding_module`).
+    """Logits [N, K] and the embedding [N, ...] of ``layer`` (see :func:`_embedding_module`).
 
     The embedding is captured by a forward hook during the one forward pass (removed
     afterwards); the module must run exactly once per forward pass.
     """
-    module, use_input = embedding_module(model, layer)
+    module, use_input = _embedding_module(model, layer)
     captured: list[torch.Tensor] = []
     if use_input:
         handle = module.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
@@ -133,40 +132,33 @@ class TLA:
     ``2.5 eps / steps``).
 
     Args:
-        eps: radius in [0, 1] pixel units.
-        norm: ``"linf"`` or ``"l2"``.
-        steps: PGD steps.
-        step_size: PGD step; None means ``2.5 * eps / steps``.
-        random_init: PGD random start.
+        threat: the anchors' PGD (``ThreatModel``; a mapping overrides the default's
+            keys): radius ``eps`` in [0, 1] pixel units (default 0.1), ``norm``, ``steps``
+            (10), ``step_size`` (None: ``2.5 * eps / steps``), ``random_init`` (True) and
+            ``train_mode`` (False: eval mode during the attack, restored).
         layer: embedding layer by ``named_modules()`` name (e.g. ``"net.classifier.relu2"``
             for the built small-cnn), or None for the input of the last ``nn.Linear``.
         margin: the triplet margin ``alpha`` (angular-distance units, >= 0).
         lambda_: weight of the triplet term, >= 0.
         lambda_norm: weight of the norm regulariser inside the triplet term, >= 0.
-        attack_train_mode: attack with the model in train mode (default eval, restored).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 5),
         ...                             torch.nn.ReLU(), torch.nn.Linear(5, 3))
-        >>> out = TLA(eps=0.1, steps=2)(model, torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]))
+        >>> method = TLA(threat=ThreatModel(eps=0.1, steps=2))
+        >>> out = method(model, torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]))
         >>> sorted(out.logs)
         ['adv_acc', 'ce', 'neg_dist', 'norm', 'pos_dist', 'triplet', 'valid']
     """
 
-    eps: float = 0.1
-    norm: Norm = "linf"
-    steps: int = 10
-    step_size: float | None = None
-    random_init: bool = True
+    threat: ThreatModel = ThreatModel(eps=0.1, steps=10)
     layer: str | None = None
     margin: float = 0.05
     lambda_: float = 0.5
     lambda_norm: float = 1e-4
-    attack_train_mode: bool = False
 
     def __post_init__(self) -> None:
-        check_attack_options(eps=self.eps, norm=self.norm, steps=self.steps,
-                             step_size=self.step_size)
+        init_threat(self)
         for name in ("margin", "lambda_", "lambda_norm"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
@@ -179,21 +171,18 @@ class TLA:
         generator: torch.Generator | None = None,
     ) -> AttackResult:
         """The anchors: PGD on the cross-entropy around the clean batch."""
-        return pgd(
-            model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
-            step_size=self.step_size, random_init=self.random_init,
-            train_mode=self.attack_train_mode, generator=generator,
-        )
+        return self.threat.attack(model, x, y, generator=generator)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext | None = None
     ) -> StepOutput:
-        embedding_module(model, self.layer)  # a wrong name fails before the attack runs
+        _embedding_module(model, self.layer)  # a wrong name fails before the attack runs
         attack = self.perturb(model, x, y, ctx.generator if ctx is not None else None)
-        logits_adv, emb_a = forward_with_embedding(model, attack.x_adv, self.layer)
-        _, emb_p = forward_with_embedding(model, x, self.layer)
-        index, valid = hardest_negatives(emb_a, emb_p, y, y)
-        emb_n = emb_p[index]
+        logits_adv, emb_a = _forward_with_embedding(model, attack.x_adv, self.layer)
+        _, emb_p = _forward_with_embedding(model, x, self.layer)
+        negatives = hardest_negatives(emb_a, emb_p, y, y)
+        valid = negatives.valid
+        emb_n = emb_p[negatives.index]
         ce = F.cross_entropy(logits_adv, y)
         trip = triplet_loss(emb_a, emb_p, emb_n, self.margin, valid)
         reg = embedding_norm_penalty(emb_a, emb_p, emb_n, valid)

@@ -11,11 +11,10 @@ from torch import nn
 
 from bastion._torch import model_mode, unwrap
 from bastion.attacks.core import AttackResult
-from bastion.attacks.pgd import check_attack_options, pgd
+from bastion.attacks.threat import ThreatModel, init_threat
 from bastion.losses.trades import trades_kl
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
-from bastion.types import Norm
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,34 +43,30 @@ class TRADES:
 
     Args:
         beta: weight of the KL term, >= 0 (0 gives standard training).
-        eps: radius in [0, 1] pixel units.
-        norm: ``"linf"`` or ``"l2"``.
-        steps: PGD steps of the inner maximisation.
-        step_size: PGD step; None means ``eps / 4``.
+        threat: the inner maximisation (``ThreatModel``; a mapping overrides the
+            default's keys): radius ``eps`` in [0, 1] pixel units (default 0.1), ``norm``,
+            ``steps`` (10), ``step_size`` (None means ``eps / 4``), ``random_init`` (True:
+            the Gaussian start of ``init_std``; False: start at ``x``) and ``train_mode``
+            (False: eval mode during the attack and for the target ``f(x)``, restored).
         init_std: std of the Gaussian random start (pixel units, >= 0).
-        attack_train_mode: attack with the model in train mode (default eval, restored).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-        >>> out = TRADES(eps=0.1)(model, torch.rand(2, 1, 2, 2), torch.tensor([0, 1]))
+        >>> method = TRADES(threat=ThreatModel(eps=0.1))
+        >>> out = method(model, torch.rand(2, 1, 2, 2), torch.tensor([0, 1]))
         >>> sorted(out.logs)
-        ['adv_acc', 'ce', 'clean_acc', 'kl']
+        ['adv_acc', 'ce', 'kl', 'nat_acc']
     """
 
     beta: float = 6.0
-    eps: float = 0.1
-    norm: Norm = "linf"
-    steps: int = 10
-    step_size: float | None = None
+    threat: ThreatModel = ThreatModel(eps=0.1, steps=10)
     init_std: float = 0.001
-    attack_train_mode: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.beta, int | float) and math.isfinite(self.beta)
                 and self.beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
-        check_attack_options(eps=self.eps, norm=self.norm, steps=self.steps,
-                             step_size=self.step_size)
+        init_threat(self)
         if not (math.isfinite(self.init_std) and self.init_std >= 0):
             raise ValueError(f"init_std must be a finite number >= 0, got {self.init_std!r}")
 
@@ -80,13 +75,11 @@ class TRADES:
     ) -> AttackResult:
         """TRADES' inner maximisation: PGD on ``KL(f(x) || f(x'))`` (labels unused)."""
         net = unwrap(model)
-        with torch.no_grad(), model_mode(net, self.attack_train_mode):
+        with torch.no_grad(), model_mode(net, self.threat.train_mode):
             p_clean = F.softmax(net(x), dim=1)
-        step = self.eps / 4 if self.step_size is None else self.step_size
-        return pgd(
-            model, x, p_clean, eps=self.eps, norm=self.norm, steps=self.steps,
-            step_size=step, objective="kl", init_std=self.init_std,
-            train_mode=self.attack_train_mode, generator=generator,
+        return self.threat.attack(
+            model, x, p_clean, default_step_size=self.threat.eps / 4, objective="kl",
+            init_std=self.init_std, generator=generator,
         )
 
     def __call__(
@@ -99,7 +92,7 @@ class TRADES:
         kl = trades_kl(logits_clean, logits_adv)
         loss = ce + self.beta * kl
         return StepOutput(loss, {
-            "clean_acc": batch_accuracy(logits_clean, y),
+            "nat_acc": batch_accuracy(logits_clean, y),
             "adv_acc": batch_accuracy(logits_adv, y),
             "ce": ce.detach(),
             "kl": kl.detach(),

@@ -1,0 +1,203 @@
+"""A resumable JSONL file of certification rows, for any certifier.
+
+Layout: one header line, then one ``records.CertificationRow`` per line::
+
+    {"bastion-certify": 1, "params": {...}}                         <- header line
+    {"index": 0, "label": 7, "prediction": 7, "radius": 0.81, "correct": true,
+     "abstained": false, ...certifier details..., "seconds": 12.3}
+
+- ``RowStore.open(path, params)`` creates the file with its header (atomically), or reopens
+  an existing one: its header's params must equal ``params`` (else ``ValueError``, so that
+  rows of two settings never mix), a half-written last line (no newline: the process died
+  while appending) is cut off, and the complete rows are in ``RowStore.done``.
+- ``RowStore.append(rows)`` writes lines, flushes and fsyncs, so a crash loses at most the
+  group being written.
+- Shards: under several processes rank ``r`` of ``w`` writes ``shard_path(out, r, w)``
+  (``<stem>.rank<r>-of-<w><suffix>``) and ``merge_shards(out, w)`` joins them into ``out``
+  (written atomically), rows sorted by index, lines unchanged.
+
+Nothing here knows a certifier's fields: the header ``params`` are whatever the certifier
+reports and the rows' ``details`` are opaque JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bastion.records import CertificationRow
+from bastion.records.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+HEADER_KEY = "bastion-certify"
+FORMAT_VERSION = 1
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(", ", ": "), allow_nan=False)
+
+
+def shard_path(out_path: str | os.PathLike, rank: int, world_size: int) -> Path:
+    """Where rank ``rank`` of ``world_size`` writes its rows: ``<stem>.rank<r>-of-<w><suffix>``."""
+    out = Path(out_path)
+    return out.with_name(f"{out.stem}.rank{rank}-of-{world_size}{out.suffix}")
+
+
+@dataclass(frozen=True)
+class _FileState:
+    header: dict[str, Any] | None
+    rows: list[CertificationRow]
+    lines: list[bytes]  # raw row lines, newline included
+    good_bytes: int  # length of the complete prefix
+
+
+def _read(path: Path) -> _FileState:
+    data = path.read_bytes() if path.exists() else b""
+    header: dict[str, Any] | None = None
+    rows: list[CertificationRow] = []
+    lines: list[bytes] = []
+    pos = 0
+    while True:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break  # no newline: a half-written last line (or nothing), discarded
+        raw = data[pos : end + 1]
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line at byte {pos} is not valid JSON ({err})") from err
+        if pos == 0:
+            if not isinstance(obj, dict) or HEADER_KEY not in obj:
+                raise ValueError(f"{path} is not a bastion certification file (no header)")
+            header = obj
+        else:
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}: line at byte {pos} is not a row object")
+            try:
+                rows.append(CertificationRow.from_json(obj))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}: bad row at byte {pos}: {err}") from err
+            lines.append(raw)
+        pos = end + 1
+    return _FileState(header, rows, lines, pos)
+
+
+def read_rows(path: str | os.PathLike) -> list[CertificationRow]:
+    """The complete rows of a certification file (a half-written last line is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no certification file at {str(path)!r}")
+    return _read(path).rows
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``params`` of a certification file's header line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no certification file at {str(path)!r}")
+    state = _read(path)
+    if state.header is None:
+        raise ValueError(f"{path} has no header line")
+    return state.header["params"]
+
+
+class RowStore:
+    """An open certification file: its header params and the rows it held when opened.
+
+    Build with ``RowStore.open``. Attributes: ``path`` (Path), ``params`` (the header
+    params, JSON-normalised) and ``done`` (the complete rows found, in file order).
+    """
+
+    def __init__(self, path: Path, params: dict[str, Any], done: list[CertificationRow]):
+        self.path = path
+        self.params = params
+        self.done = done
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, params: Mapping[str, Any]) -> RowStore:
+        """Create ``path`` with a header for ``params``, or reopen it to resume.
+
+        Raises:
+            ValueError: the file holds another header (other params), has no complete
+                header, or a complete line that is not a row.
+        """
+        path = Path(path)
+        header = {HEADER_KEY: FORMAT_VERSION, "params": dict(params)}
+        text = _dumps(header)  # refuses NaN and non-JSON values before anything is written
+        norm = json.loads(text)["params"]
+        if path.exists() and path.stat().st_size > 0:
+            state = _read(path)
+            if state.header is None:
+                raise ValueError(f"{path} exists but has no complete header; remove it")
+            if state.header.get("params") != norm:
+                raise ValueError(
+                    f"{path} holds a certification with other parameters "
+                    f"({state.header.get('params')}); pass another output path to start a "
+                    "new one"
+                )
+            if state.good_bytes < path.stat().st_size:
+                log.warning("%s: discarding a half-written last line", path)
+                os.truncate(path, state.good_bytes)
+            return cls(path, norm, state.rows)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, (text + "\n").encode())
+        return cls(path, norm, [])
+
+    def append(self, rows: Sequence[CertificationRow]) -> None:
+        """Append ``rows`` (one line each), flushed and fsynced."""
+        data = "".join(r.dumps() + "\n" for r in rows).encode()
+        with open(self.path, "ab") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def merge_shards(out_path: str | os.PathLike, world_size: int) -> list[CertificationRow]:
+    """Merge the ``world_size`` shard files of ``out_path`` into ``out_path``, by index.
+
+    Every shard must carry the same header line. The merged file is written atomically and
+    holds that header and the shards' row lines, unchanged, sorted by index.
+
+    Raises:
+        FileNotFoundError: a shard is missing.
+        ValueError: shards with other headers, or an index in two shards.
+    """
+    header_line: bytes | None = None
+    keyed: list[tuple[int, bytes, CertificationRow]] = []
+    for r in range(world_size):
+        p = shard_path(out_path, r, world_size)
+        if not p.is_file():
+            raise FileNotFoundError(f"missing shard {p}")
+        state = _read(p)
+        first = p.read_bytes().split(b"\n", 1)[0] + b"\n"
+        if header_line is None:
+            header_line = first
+        elif first != header_line:
+            raise ValueError(f"shard {p} was made with other parameters than shard 0")
+        keyed.extend((row.index, line, row) for row, line in
+                     zip(state.rows, state.lines, strict=True))
+    keyed.sort(key=lambda t: t[0])
+    indices = [t[0] for t in keyed]
+    if len(set(indices)) != len(indices):
+        raise ValueError("shards overlap: an index appears twice")
+    if header_line is None:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    atomic_write_bytes(out_path, header_line + b"".join(t[1] for t in keyed))
+    return [t[2] for t in keyed]
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "HEADER_KEY",
+    "RowStore",
+    "merge_shards",
+    "read_header",
+    "read_rows",
+    "shard_path",
+]
