@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from bastion.records.io import record_from_dict, record_to_dict
+from bastion.records.io import TensorRecord
 from bastion.types import CERT_NORMS, CertNorm
 
 
@@ -32,8 +32,8 @@ def _check_radii(r: torch.Tensor, name: str, abstained: torch.Tensor, norm: str)
         raise ValueError(f"an l0 {name} counts modified elements; it must be a whole number")
 
 
-@dataclass(frozen=True)
-class Certificate:
+@dataclass(frozen=True, eq=False)
+class Certificate(TensorRecord):
     """Per-example certified predictions (the record behind the seed's eqs. (4)-(6)).
 
     The guarantee a certifier states with it: for every example i with
@@ -128,20 +128,6 @@ class Certificate:
 
     def __len__(self) -> int:
         return int(self.prediction.shape[0])
-
-    def __eq__(self, other: object) -> bool:
-        """Same type and the same JSON form (tensors compared by dtype, shape and values)."""
-        if type(other) is not type(self):
-            return NotImplemented
-        return self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form; ``Certificate.from_dict`` inverts it exactly."""
-        return record_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Certificate:
-        return record_from_dict(cls, data)
 
     @staticmethod
     def concat(certs: Sequence[Certificate]) -> Certificate:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from bastion.records.io import record_from_dict, record_to_dict
+from bastion.records.io import TensorRecord, record_from_dict
 from bastion.types import NORMS, Norm
 
 _TOL_REL = 1e-5
@@ -55,8 +55,8 @@ def _radius(eps: Any, name: str = "eps") -> float:
     return r
 
 
-@dataclass(frozen=True)
-class AttackOutcome:
+@dataclass(frozen=True, eq=False)
+class AttackOutcome(TensorRecord):
     """One attack's per-example result on the points of an ``EvalResult``.
 
     Convention (checked by ``EvalResult``): a point the model already misclassifies when
@@ -119,23 +119,8 @@ class AttackOutcome:
         """A minimal-perturbation attack (``eps`` is infinite)."""
         return math.isinf(self.eps)
 
-    def __eq__(self, other: object) -> bool:
-        """Same type and the same JSON form (tensors compared by dtype, shape and values)."""
-        if type(other) is not type(self):
-            return NotImplemented
-        return self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form; ``AttackOutcome.from_dict`` inverts it exactly."""
-        return record_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AttackOutcome:
-        return record_from_dict(cls, data)
-
-
-@dataclass(frozen=True)
-class EvalResult:
+@dataclass(frozen=True, eq=False)
+class EvalResult(TensorRecord):
     """Per-example outcomes of attacks on a fixed set of test points.
 
     Invariants (checked): every outcome covers the same N points; a point misclassified
@@ -293,16 +278,6 @@ class EvalResult:
         """A new record with ``outcome`` added (checked against the same invariants)."""
         return EvalResult(index=self.index, labels=self.labels, clean_pred=self.clean_pred,
                           outcomes=(*self.outcomes, outcome), params=self.params)
-
-    def __eq__(self, other: object) -> bool:
-        """Same type and the same JSON form (tensors compared by dtype, shape and values)."""
-        if type(other) is not type(self):
-            return NotImplemented
-        return self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form; ``EvalResult.from_dict`` inverts it exactly."""
-        return record_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:

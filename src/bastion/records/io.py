@@ -138,3 +138,30 @@ def load_record(cls: type[T], path: str | os.PathLike) -> T:
         data = json.load(fh)
     from_dict = getattr(cls, "from_dict", None)
     return from_dict(data) if from_dict is not None else record_from_dict(cls, data)
+
+
+class TensorRecord:
+    """Mixin of the frozen dataclass records that hold per-example tensors.
+
+    Gives them a JSON round-trip (``to_dict`` / ``from_dict``, through ``record_to_dict`` and
+    ``record_from_dict``) and an ``==`` that compares the JSON form (tensor dtype, shape and
+    values), since tensors have no boolean equality. Records use it with
+    ``@dataclass(frozen=True, eq=False)``.
+    """
+
+    def __eq__(self, other: object) -> bool:
+        """Same type and the same JSON form (tensors compared by dtype, shape and values)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]  (mutable-looking: tensors are not hashable)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form; ``from_dict`` inverts it exactly."""
+        return record_to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+        """Rebuild the record from ``to_dict``'s output."""
+        return record_from_dict(cls, data)
