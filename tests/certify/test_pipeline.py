@@ -22,8 +22,7 @@ from bastion.certify.pipeline import (
 )
 from bastion.certify.registry import CERTIFIERS, certify_smoothing, smoothing_certifier
 from bastion.certify.rowstore import merge_shards, read_header, read_rows, shard_path
-from bastion.certify.sequential import SequentialCertifier
-from bastion.certify.smoothing import CohenCertifier
+from bastion.certify.smoothing_certifiers import CohenCertifier, SequentialCertifier
 from bastion.cli import main
 from bastion.config import EvalConfig, TrainConfig
 from bastion.data import load_dataset

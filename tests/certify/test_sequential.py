@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from bastion.certify.sequential import Look, SequentialCertifier, certify_radius, look_schedule
+from bastion.certify.sequential import Look, certify_radius, look_schedule
 from bastion.certify.smoothing import SmoothedClassifier
+from bastion.certify.smoothing_certifiers import SequentialCertifier
 from bastion.noise import Gaussian, Uniform
 
 

@@ -13,12 +13,8 @@ from torch import nn
 import bastion.certify.forward as forward
 from bastion.attacks.pgd import pgd
 from bastion.certify.forward import ForwardPlan, tune
-from bastion.certify.smoothing import (
-    CohenCertifier,
-    PredictCertifier,
-    SmoothedClassifier,
-    generators_for,
-)
+from bastion.certify.smoothing import SmoothedClassifier, generators_for
+from bastion.certify.smoothing_certifiers import CohenCertifier, PredictCertifier
 from bastion.certify.stats import binomial_pvalue, cp_lower
 from bastion.models import build
 from bastion.noise import Gaussian, Laplace, Uniform

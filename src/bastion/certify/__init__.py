@@ -14,8 +14,13 @@ from bastion.certify.forward import ForwardPlan, tune
 from bastion.certify.pipeline import Certifier, certify_dataset, input_seed, selected_indices
 from bastion.certify.registry import CERTIFIERS, certify_smoothing, smoothing_certifier
 from bastion.certify.rowstore import RowStore, merge_shards, read_header, read_rows, shard_path
-from bastion.certify.sequential import SequentialCertifier, certify_radius
-from bastion.certify.smoothing import CohenCertifier, PredictCertifier, SmoothedClassifier
+from bastion.certify.sequential import certify_radius
+from bastion.certify.smoothing import SmoothedClassifier
+from bastion.certify.smoothing_certifiers import (
+    CohenCertifier,
+    PredictCertifier,
+    SequentialCertifier,
+)
 from bastion.certify.stats import (
     TwoClassBounds,
     binomial_pvalue,

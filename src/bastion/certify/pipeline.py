@@ -239,7 +239,7 @@ def certify_dataset(
     """Certify every ``skip``-th image with ``certifier``, one JSONL row per input.
 
     Args:
-        certifier: a ``Certifier`` (e.g. ``smoothing.CohenCertifier``).
+        certifier: a ``Certifier`` (e.g. ``smoothing_certifiers.CohenCertifier``).
         images: float [N, C, H, W] in [0, 1] (moved to ``certifier.device`` in groups).
         labels: int64 [N].
         out_path: the JSONL file (appended to and resumed; see the module docstring).

@@ -51,12 +51,11 @@ from bastion._torch import unwrap
 from bastion._validate import check_images
 from bastion.certify.forward import MemoryFormat, Precision
 from bastion.certify.pipeline import Progress, certify_dataset
-from bastion.certify.sequential import SequentialCertifier
-from bastion.certify.smoothing import (
+from bastion.certify.smoothing import SmoothedClassifier, num_classes_of
+from bastion.certify.smoothing_certifiers import (
     CohenCertifier,
     PredictCertifier,
-    SmoothedClassifier,
-    num_classes_of,
+    SequentialCertifier,
 )
 from bastion.noise import Noise
 from bastion.records import CertificationRow

@@ -32,31 +32,22 @@ because the grid has only about ``log2(n_max / n_first)`` looks.)
 Guarantee, per input: with probability at least 1 - alpha, if the result is not abstained
 then the smoothed classifier predicts ``prediction`` at every point within ``radius``.
 
-``SequentialCertifier`` wraps the test as a dataset certifier for
+``smoothing_certifiers.SequentialCertifier`` wraps the test as a dataset certifier for
 ``bastion.certify.pipeline`` (see ``bastion.certify.registry``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import nn
 
 from bastion._validate import check_radius
-from bastion.certify.forward import Precision, resolve_precision
-from bastion.certify.smoothing import (
-    SmoothedClassifier,
-    check_batch_size,
-    generators_for,
-    small_smoothed,
-    smoothing_header,
-)
+from bastion.certify.forward import Precision
+from bastion.certify.smoothing import SmoothedClassifier, generators_for
 from bastion.certify.stats import cp_lower, cp_upper
-from bastion.noise import Noise
 from bastion.records import Certificate
 
 
@@ -195,87 +186,4 @@ def certify_radius(
     )
 
 
-@dataclass(frozen=True, kw_only=True, eq=False)
-class SequentialCertifier:
-    """The sequential fixed-radius test (``certify_radius``) as a dataset certifier.
-
-    Every row is certified at ``radius`` or abstained (radius 0); the module docstring says
-    why it keeps CERTIFY's guarantee (Cohen et al. 2019, arXiv 1902.02918).
-
-    Args:
-        smoothed: the smoothed classifier.
-        radius: the radius to certify (>= 0, finite), in the noise's norm, [0, 1] pixel units.
-        n0: selection draws per input (>= 1).
-        n_max: the most estimation draws per input (the last look; ``n`` in the header).
-        n_first: estimation draws at the first look (1 <= n_first <= n_max).
-        growth: ratio of successive look sizes (> 1).
-        alpha: failure probability per input, in (0, 1).
-        batch_size: noisy images per forward pass (None: measured).
-        precision: ``"fp32"`` or ``"bf16"`` (resolved at construction).
-    """
-
-    smoothed: SmoothedClassifier
-    radius: float
-    n0: int = 100
-    n_max: int = 100_000
-    n_first: int = 100
-    growth: float = 2.0
-    alpha: float = 0.001
-    batch_size: int | None = None
-    precision: Precision = "fp32"
-
-    def __post_init__(self) -> None:
-        check_radius(self.radius, "radius")
-        if isinstance(self.n0, bool) or not isinstance(self.n0, int) or self.n0 < 1:
-            raise ValueError(f"n0 must be an int >= 1, got {self.n0!r}")
-        if not (isinstance(self.alpha, int | float) and 0.0 < self.alpha < 1.0):
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
-        look_schedule(self.n_first, self.n_max, self.growth, self.alpha)  # validates them
-        check_batch_size(self.batch_size)
-        object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))
-
-    @classmethod
-    def small(
-        cls, base_model: nn.Module, num_classes: int, *, noise: Noise | None = None,
-        **overrides: Any,
-    ) -> SequentialCertifier:
-        """A cheap instance for tests: Gaussian noise sigma 0.25 (or ``noise``), radius 0.1,
-        n0 = 32, n_max = 1000, n_first = 100, alpha = 0.01, batches of 256; ``overrides``
-        replace any field."""
-        settings: dict[str, Any] = {"radius": 0.1, "n0": 32, "n_max": 1000, "n_first": 100,
-                                    "alpha": 0.01, "batch_size": 256}
-        return cls(smoothed=small_smoothed(base_model, num_classes, noise),
-                   **{**settings, **overrides})
-
-    @property
-    def device(self) -> torch.device:
-        return self.smoothed.device
-
-    @property
-    def inputs_per_call(self) -> int:
-        """Many inputs per call: most stop after a few hundred draws."""
-        return 64
-
-    def header(self, example: torch.Tensor, run: Mapping[str, Any]) -> dict[str, Any]:
-        return smoothing_header(
-            self.smoothed, example, {"n0": self.n0, "n": self.n_max, "alpha": self.alpha},
-            run, self.precision,
-            {"mode": "sequential", "radius": float(self.radius), "n_first": self.n_first,
-             "growth": float(self.growth)},
-        )
-
-    def certify(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> Certificate:
-        return certify_radius(
-            self.smoothed, x, self.radius, n0=self.n0, n_max=self.n_max, n_first=self.n_first,
-            growth=self.growth, alpha=self.alpha, batch_size=self.batch_size,
-            generator=list(generators), precision=self.precision,
-        )
-
-    def details(self, cert: Certificate, j: int) -> dict[str, Any]:
-        """``{"counts": {"nA", "n", "looks"}, "p_lower"}`` of input ``j``."""
-        counts = {"nA": int(cert.extra["nA"][j]), "n": int(cert.extra["n"][j]),
-                  "looks": int(cert.extra["looks"][j])}
-        return {"counts": counts, "p_lower": float(cert.extra["p_lower"][j])}
-
-
-__all__ = ["Look", "SequentialCertifier", "certify_radius", "look_schedule"]
+__all__ = ["Look", "certify_radius", "look_schedule"]

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -55,7 +55,7 @@ from bastion.certify.forward import (
 )
 from bastion.certify.stats import binomial_pvalue, cp_lower, two_class_bounds
 from bastion.certify.votes import AdditiveNoise, VoteCounter
-from bastion.noise import Gaussian, Noise, Uniform
+from bastion.noise import Noise, Uniform
 from bastion.records import Certificate
 
 
@@ -201,7 +201,7 @@ class SmoothedClassifier:
             ``"smoothing-<noise>-predict"``; ``extra``: ``nA``, ``nB`` (int64 [B]) and
             ``pvalue`` (float64 [B]).
         """
-        _check_counts(n=n, alpha=alpha)
+        check_counts(n=n, alpha=alpha)
         gens = generators_for(x, generator)
         with self.session(x, batch_size, precision) as s:
             counts = s.counts(x, gens, n)
@@ -258,7 +258,7 @@ class SmoothedClassifier:
         Guarantee: for each input, with probability >= 1 - alpha, if it is not abstained
         the smoothed classifier predicts ``prediction`` everywhere within ``radius``.
         """
-        _check_counts(n=n, alpha=alpha, n0=n0)
+        check_counts(n=n, alpha=alpha, n0=n0)
         gens = generators_for(x, generator)
         with self.session(x, batch_size, precision) as s:
             counts0 = s.counts(x, gens, n0)
@@ -293,7 +293,8 @@ class SmoothedClassifier:
         )
 
 
-def _check_counts(*, n: int, alpha: float, n0: int | None = None) -> None:
+def check_counts(*, n: int, alpha: float, n0: int | None = None) -> None:
+    """Raise unless the draw counts are ints >= 1 and ``alpha`` lies in (0, 1)."""
     for name, v in (("n", n), ("n0", n0)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -301,176 +302,9 @@ def _check_counts(*, n: int, alpha: float, n0: int | None = None) -> None:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
 
 
-def check_batch_size(batch_size: int | None) -> None:
-    """Raise unless ``batch_size`` is None (measured) or an int >= 1."""
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be an int >= 1 or None (measured), got {batch_size!r}")
-
-
-def smoothing_header(
-    smoothed: SmoothedClassifier, example: torch.Tensor, counts: Mapping[str, Any],
-    run: Mapping[str, Any], precision: str, mode: Mapping[str, Any],
-) -> dict[str, Any]:
-    """The header params of a smoothing certification, in the line order of its files:
-    noise, norm, number of classes, the draw counts, the pipeline's ``run`` entries (seed,
-    skip, number of images), precision, then the mode's own settings."""
-    noise = smoothed.noise_for(example)
-    return {**noise.params(), "norm": noise.norm, "num_classes": smoothed.num_classes,
-            **counts, **run, "precision": precision, **mode}
-
-
-def small_smoothed(
-    base_model: nn.Module, num_classes: int, noise: Noise | None = None
-) -> SmoothedClassifier:
-    """The smoothed classifier of the certifiers' ``small`` instances: Gaussian noise
-    sigma 0.25 unless ``noise`` is given, contiguous layout (nothing measured)."""
-    return SmoothedClassifier(base_model, noise if noise is not None else Gaussian(sigma=0.25),
-                              num_classes, memory_format="contiguous")
-
-
-@dataclass(frozen=True, kw_only=True, eq=False)
-class CohenCertifier:
-    """Cohen et al.'s CERTIFY (arXiv 1902.02918) as a dataset certifier.
-
-    A ``bastion.certify.pipeline.Certifier``: ``certify(x, generators)`` runs
-    ``SmoothedClassifier.certify`` (one- or two-class radius) with one generator per input.
-
-    Args:
-        smoothed: the smoothed classifier (base model, noise, number of classes, layout).
-        n0: selection draws per input (>= 1).
-        n: estimation draws per input (>= 1).
-        alpha: failure probability per input, in (0, 1).
-        two_class: the two-class radius (``stats.two_class_bounds``).
-        batch_size: noisy images per forward pass (None: measured by ``forward.tune``).
-        precision: ``"fp32"`` or ``"bf16"``; resolved at construction for the model's
-            device (``forward.resolve_precision``: bf16 falls back to fp32 with a warning).
-    """
-
-    smoothed: SmoothedClassifier
-    n0: int = 100
-    n: int = 100_000
-    alpha: float = 0.001
-    two_class: bool = False
-    batch_size: int | None = None
-    precision: Precision = "fp32"
-
-    def __post_init__(self) -> None:
-        _check_counts(n=self.n, alpha=self.alpha, n0=self.n0)
-        check_batch_size(self.batch_size)
-        object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))
-
-    @classmethod
-    def small(
-        cls, base_model: nn.Module, num_classes: int, *, noise: Noise | None = None,
-        **overrides: Any,
-    ) -> CohenCertifier:
-        """A cheap instance for tests: Gaussian noise sigma 0.25 (or ``noise``), n0 = 32,
-        n = 1000, alpha = 0.01, batches of 256, contiguous layout; ``overrides`` replace
-        any field."""
-        settings: dict[str, Any] = {"n0": 32, "n": 1000, "alpha": 0.01, "batch_size": 256}
-        return cls(smoothed=small_smoothed(base_model, num_classes, noise),
-                   **{**settings, **overrides})
-
-    @property
-    def device(self) -> torch.device:
-        return self.smoothed.device
-
-    @property
-    def inputs_per_call(self) -> int:
-        """Inputs certified together: enough to fill forward batches of a few thousand."""
-        return max(1, min(64, 4096 // (self.n0 + self.n)))
-
-    def header(self, example: torch.Tensor, run: Mapping[str, Any]) -> dict[str, Any]:
-        return smoothing_header(
-            self.smoothed, example, {"n0": self.n0, "n": self.n, "alpha": self.alpha}, run,
-            self.precision, {"mode": "certify", "two_class": self.two_class},
-        )
-
-    def certify(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> Certificate:
-        return self.smoothed.certify(
-            x, n0=self.n0, n=self.n, alpha=self.alpha, batch_size=self.batch_size,
-            generator=list(generators), two_class=self.two_class, precision=self.precision,
-        )
-
-    def details(self, cert: Certificate, j: int) -> dict[str, Any]:
-        """``{"counts": {"nA", "n"[, "nB"]}, "p_lower"[, "p_upper_b"]}`` of input ``j``."""
-        counts = {"nA": int(cert.extra["nA"][j]), "n": int(cert.extra["n"][j])}
-        if "nB" in cert.extra:
-            counts["nB"] = int(cert.extra["nB"][j])
-        out: dict[str, Any] = {"counts": counts, "p_lower": float(cert.extra["p_lower"][j])}
-        if "p_upper_b" in cert.extra:
-            out["p_upper_b"] = float(cert.extra["p_upper_b"][j])
-        return out
-
-
-@dataclass(frozen=True, kw_only=True, eq=False)
-class PredictCertifier:
-    """Cohen et al.'s PREDICT (arXiv 1902.02918) as a dataset certifier: radius 0.
-
-    Every row is a prediction of the smoothed classifier or an abstention (never a radius);
-    certified accuracy at radius 0 is the accuracy of the abstaining smoothed prediction.
-
-    Args:
-        smoothed: the smoothed classifier.
-        n: draws per input (>= 1).
-        alpha: probability that a returned class differs from ``g(x)``, in (0, 1).
-        batch_size: noisy images per forward pass (None: measured).
-        precision: ``"fp32"`` or ``"bf16"`` (resolved at construction).
-    """
-
-    smoothed: SmoothedClassifier
-    n: int = 100_000
-    alpha: float = 0.001
-    batch_size: int | None = None
-    precision: Precision = "fp32"
-
-    def __post_init__(self) -> None:
-        _check_counts(n=self.n, alpha=self.alpha)
-        check_batch_size(self.batch_size)
-        object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))
-
-    @classmethod
-    def small(
-        cls, base_model: nn.Module, num_classes: int, *, noise: Noise | None = None,
-        **overrides: Any,
-    ) -> PredictCertifier:
-        """A cheap instance for tests: Gaussian noise sigma 0.25 (or ``noise``), n = 1000,
-        alpha = 0.01, batches of 256; ``overrides`` replace any field."""
-        settings: dict[str, Any] = {"n": 1000, "alpha": 0.01, "batch_size": 256}
-        return cls(smoothed=small_smoothed(base_model, num_classes, noise),
-                   **{**settings, **overrides})
-
-    @property
-    def device(self) -> torch.device:
-        return self.smoothed.device
-
-    @property
-    def inputs_per_call(self) -> int:
-        return max(1, min(64, 4096 // self.n))
-
-    def header(self, example: torch.Tensor, run: Mapping[str, Any]) -> dict[str, Any]:
-        return smoothing_header(self.smoothed, example, {"n": self.n, "alpha": self.alpha},
-                                run, self.precision, {"mode": "predict"})
-
-    def certify(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> Certificate:
-        return self.smoothed.predict(x, n=self.n, alpha=self.alpha, batch_size=self.batch_size,
-                                     generator=list(generators), precision=self.precision)
-
-    def details(self, cert: Certificate, j: int) -> dict[str, Any]:
-        """``{"counts": {"nA", "nB", "n"}, "pvalue"}`` of input ``j``."""
-        counts = {"nA": int(cert.extra["nA"][j]), "nB": int(cert.extra["nB"][j]), "n": self.n}
-        return {"counts": counts, "pvalue": float(cert.extra["pvalue"][j])}
-
-
 __all__ = [
-    "CohenCertifier",
-    "PredictCertifier",
     "SmoothedClassifier",
-    "check_batch_size",
+    "check_counts",
     "generators_for",
     "num_classes_of",
-    "small_smoothed",
-    "smoothing_header",
 ]
