@@ -75,7 +75,7 @@ class CertifyConfig:
     two_class: bool = field(default=False, metadata=_help(
         "two-class radius sigma/2 (Phi^-1(pA) - Phi^-1(pB)); not with --radius"))
     batch_size: int | None = field(default=None, metadata=_help(
-        "noisy images per forward pass, >= 1 (default: measured)"))
+        "noisy images per forward pass, >= 1; None: measured by a quick timing"))
     precision: Precision = field(default="fp32", metadata=_help(
         "bf16 autocast where the hardware supports it (recorded)"))
     checkpoint: Checkpoint = field(default="last", metadata=_help(
