@@ -26,6 +26,7 @@ import yaml
 
 from bastion.attacks.spec import AttackName
 from bastion.attacks.threat import ThreatModel
+from bastion.errors import InputError, InputTypeError, MissingFileError
 from bastion.train.registry import canonical_method_options
 from bastion.train.schedules import ScheduleConfig
 
@@ -114,10 +115,10 @@ def _fold_legacy_eval(data: dict[str, Any], path: str) -> dict[str, Any]:
     )
     threat = data.get("threat", {})
     if not isinstance(threat, dict):
-        raise TypeError(f"{path}.threat: expected a mapping, got {threat!r}")
+        raise InputTypeError(f"{path}.threat: expected a mapping, got {threat!r}")
     both = sorted(set(flat) & set(threat))
     if both:
-        raise ValueError(f"{path}: {both} given both flat and under {path}.threat; keep only "
+        raise InputError(f"{path}: {both} given both flat and under {path}.threat; keep only "
                          "the threat entries")
     rest = {k: v for k, v in data.items() if k not in flat}
     return {**rest, "threat": {**threat, **flat}}
@@ -130,7 +131,7 @@ def _check_value(value: Any, tp: Any, path: str) -> Any:
     if origin is Literal:
         if value not in typing.get_args(tp):
             choices = ", ".join(repr(a) for a in typing.get_args(tp))
-            raise ValueError(f"{path}: {value!r} is not one of {choices}")
+            raise InputError(f"{path}: {value!r} is not one of {choices}")
         return value
     if origin in (typing.Union, types.UnionType):
         errors = []
@@ -143,37 +144,37 @@ def _check_value(value: Any, tp: Any, path: str) -> Any:
                 return _check_value(value, arg, path)
             except (TypeError, ValueError) as e:
                 errors.append(str(e))
-        raise ValueError(f"{path}: {value!r} does not fit {tp}: {'; '.join(errors)}")
+        raise InputError(f"{path}: {value!r} does not fit {tp}: {'; '.join(errors)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise TypeError(f"{path}: expected a mapping, got {value!r}")
+            raise InputTypeError(f"{path}: expected a mapping, got {value!r}")
         return from_dict(tp, value, path)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise TypeError(f"{path}: expected a list, got {value!r}")
+            raise InputTypeError(f"{path}: expected a list, got {value!r}")
         (arg, _) = typing.get_args(tp)
         return tuple(_check_value(v, arg, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise TypeError(f"{path}: expected a mapping, got {value!r}")
+            raise InputTypeError(f"{path}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"{path}: expected a number, got {value!r}")
+            raise InputTypeError(f"{path}: expected a number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{path}: expected an integer, got {value!r}")
+            raise InputTypeError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise TypeError(f"{path}: expected true or false, got {value!r}")
+            raise InputTypeError(f"{path}: expected true or false, got {value!r}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise TypeError(f"{path}: expected a string, got {value!r}")
+            raise InputTypeError(f"{path}: expected a string, got {value!r}")
         return value
-    raise TypeError(f"{path}: unsupported type {tp}")
+    raise InputTypeError(f"{path}: unsupported type {tp}")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], path: str = "config") -> T:
@@ -184,7 +185,7 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "config") -> T:
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys: {', '.join(names)}")
+        raise InputError(f"{path}: unknown key(s) {unknown}; valid keys: {', '.join(names)}")
     kwargs = {k: _check_value(v, hints[k], f"{path}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 
@@ -207,7 +208,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     data = yaml.safe_load(yaml.safe_dump(data)) or {}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise InputError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw)
         node = data
@@ -215,7 +216,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: {p!r} is not a section")
+                raise InputError(f"--set {key}: {p!r} is not a section")
         node[parts[-1]] = value
     return data
 
@@ -224,10 +225,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     """Read a YAML recipe, apply ``--set`` overrides and validate it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        raise MissingFileError(f"config file {str(path)!r} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a mapping of keys to values")
+        raise InputError(f"{path}: a config must be a mapping of keys to values")
     return from_dict(TrainConfig, apply_overrides(data, overrides or []))
 
 

@@ -31,13 +31,14 @@ from typing import Literal
 
 import torch
 
+from bastion.errors import InputError, InputTypeError
 from bastion.records import AttackOutcome, Certificate, EvalResult
 
 
 def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of ``pred == labels`` over all points."""
     if pred.shape != labels.shape:
-        raise ValueError(f"shape mismatch: {tuple(pred.shape)} vs {tuple(labels.shape)}")
+        raise InputError(f"shape mismatch: {tuple(pred.shape)} vs {tuple(labels.shape)}")
     return float((pred == labels).double().mean())
 
 
@@ -64,9 +65,9 @@ def attack_success_rate(
     if over == "clean-correct":
         cc = result.clean_correct
         if not cc.any():
-            raise ValueError("no point is classified correctly; the rate is undefined")
+            raise InputError("no point is classified correctly; the rate is undefined")
         return float(fooled[cc].double().mean())
-    raise ValueError(f"unknown over={over!r}; valid: 'all', 'clean-correct'")
+    raise InputError(f"unknown over={over!r}; valid: 'all', 'clean-correct'")
 
 
 def robust_accuracy(
@@ -118,12 +119,12 @@ def average_perturbation_of_successes(
 def _labels_of(cert: Certificate, labels: torch.Tensor | None) -> torch.Tensor:
     if labels is None:
         if cert.labels is None:
-            raise ValueError("the certificate carries no labels; pass labels")
+            raise InputError("the certificate carries no labels; pass labels")
         labels = cert.labels
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
-        raise TypeError("labels must be an int64 tensor of shape [N]")
+        raise InputTypeError("labels must be an int64 tensor of shape [N]")
     if labels.shape != cert.prediction.shape:
-        raise ValueError(
+        raise InputError(
             f"{labels.shape[0] if labels.dim() else 0} labels for a certificate of "
             f"{cert.prediction.shape[0]} points"
         )
@@ -153,7 +154,7 @@ def certified_accuracy(
     ok = _certified_correct(cert, labels)
     r = torch.as_tensor(radii, dtype=torch.float64).flatten()
     if torch.isnan(r).any() or (r < 0).any():
-        raise ValueError(f"radii must be >= 0, got {r.tolist()}")
+        raise InputError(f"radii must be >= 0, got {r.tolist()}")
     return ((cert.radius[None, :] >= r[:, None]) & ok[None, :]).double().mean(dim=1)
 
 

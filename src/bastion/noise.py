@@ -64,6 +64,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from bastion._validate import check_choice
+from bastion.errors import InputError
 from bastion.types import Norm
 
 NoiseName = Literal["gaussian", "laplace", "uniform"]
@@ -72,13 +73,13 @@ NOISES: tuple[str, ...] = ("gaussian", "laplace", "uniform")
 
 def _positive(value: float, name: str) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise InputError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def _prob(p: Any) -> torch.Tensor:
     t = torch.as_tensor(p, dtype=torch.float64)
     if torch.isnan(t).any() or (t < 0).any() or (t > 1).any():
-        raise ValueError("probability bounds must lie in [0, 1]")
+        raise InputError("probability bounds must lie in [0, 1]")
     return t
 
 
@@ -218,7 +219,7 @@ class Uniform:
         _positive(self.lam, "lam")
         check_choice(self.norm, ("l1", "linf"), "norm of uniform noise")
         if self.dim is not None and (not isinstance(self.dim, int) or self.dim < 1):
-            raise ValueError(f"dim must be a positive int, got {self.dim!r}")
+            raise InputError(f"dim must be a positive int, got {self.dim!r}")
 
     @property
     def std(self) -> float:
@@ -243,7 +244,7 @@ class Uniform:
 
     def _dim(self) -> int:
         if self.dim is None:
-            raise ValueError("Uniform(norm='linf') needs dim (the number of input pixels)")
+            raise InputError("Uniform(norm='linf') needs dim (the number of input pixels)")
         return self.dim
 
     def radius(self, p_lower: Any, p_upper_b: Any = None) -> torch.Tensor:

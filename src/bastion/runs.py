@@ -26,6 +26,7 @@ from bastion.certify.registry import smoothing_certifier
 from bastion.certify.summary import summarize
 from bastion.config import TrainConfig, dump_config, from_dict, to_dict
 from bastion.data import load_dataset
+from bastion.errors import InputError, InputTypeError, MissingFileError
 from bastion.models import architecture_signature, build
 from bastion.noise import from_std
 from bastion.records import CertificationRow, EvalResult, History
@@ -145,7 +146,7 @@ def train_from_config(
     if cfg.init_from is not None:
         ckpt = checkpoint_dir(cfg.init_from, "last")
         if ckpt is None:
-            raise FileNotFoundError(f"init_from: {cfg.init_from!r} has no finished checkpoint")
+            raise MissingFileError(f"init_from: {cfg.init_from!r} has no finished checkpoint")
         load_model_state(model, ckpt)
         log.info("initialised the model from %s", ckpt)
     cfg_text = dump_config(cfg)
@@ -154,7 +155,7 @@ def train_from_config(
     if resuming and load_config_of(run_dir) != cfg:
         # compared as parsed configs: a key added to TrainConfig later (at its default)
         # does not block resuming an older run
-        raise ValueError(
+        raise InputError(
             f"{run_dir} holds a run with a different config; resume it with the same "
             "config, or pass another --out (or --no-resume to start over)"
         )
@@ -203,7 +204,7 @@ def load_config_of(run_dir: str | os.PathLike) -> TrainConfig:
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a bastion run folder (no config.yaml)")
+        raise MissingFileError(f"{run_dir} is not a bastion run folder (no config.yaml)")
     return from_dict(TrainConfig, yaml.safe_load(path.read_text()))
 
 
@@ -225,13 +226,13 @@ def load_model(
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
+        raise MissingFileError(f"run folder {str(run_dir)!r} does not exist")
     meta_path = run_dir / "model.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no model.json; is it a bastion run folder?")
+        raise MissingFileError(f"{run_dir} has no model.json; is it a bastion run folder?")
     ckpt = checkpoint_dir(run_dir, which)
     if ckpt is None:
-        raise FileNotFoundError(f"{run_dir} has no {which!r} checkpoint yet (no finished epoch)")
+        raise MissingFileError(f"{run_dir} has no {which!r} checkpoint yet (no finished epoch)")
     model = build_model_from_metadata(json.loads(meta_path.read_text()))
     load_model_state(model, ckpt)
     return model.to(device).eval()
@@ -265,7 +266,7 @@ def evaluate_run(
     model = load_model(run_dir, which, resolve_device(device))
     test = load_dataset(cfg.dataset, "test", cfg.data_dir)
     if not 1 <= n <= len(test):
-        raise ValueError(f"n must be in [1, {len(test)}], got {n}")
+        raise InputError(f"n must be in [1, {len(test)}], got {n}")
     result = evaluate_attack(
         model,
         test.images[:n],
@@ -319,12 +320,12 @@ def certify_run(
     file is written.
     """
     if not isinstance(config, CertifyConfig):
-        raise TypeError(f"config must be a CertifyConfig, got {type(config).__name__}")
+        raise InputTypeError(f"config must be a CertifyConfig, got {type(config).__name__}")
     run_dir = Path(run_dir)
     cfg = load_config_of(run_dir)
     out_path = Path(out) if out is not None else certify_record_path(run_dir, config)
     if out_path.is_dir():
-        raise ValueError(f"out must be a file path, got the folder {str(out_path)!r}")
+        raise InputError(f"out must be a file path, got the folder {str(out_path)!r}")
     model = load_model(run_dir, config.checkpoint, resolve_device(config.device))
     test = load_dataset(cfg.dataset, "test", cfg.data_dir)
     noise = from_std(config.noise, config.sigma)

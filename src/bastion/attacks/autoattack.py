@@ -16,6 +16,7 @@ from torch import nn
 
 from bastion._torch import model_mode, unwrap
 from bastion.attacks.core import AttackResult, as_radius, clip_to_ball_and_box
+from bastion.errors import InputError
 from bastion.types import Norm
 
 AutoAttackVersion = Literal["standard", "apgd-ce", "apgd-t"]
@@ -64,7 +65,7 @@ def autoattack(
             atk = torchattacks.APGDT(net, norm=ta_norm, eps=eps, steps=steps, seed=seed,
                                      n_classes=num_classes)
         else:
-            raise ValueError(f"unknown AutoAttack version {version!r}; valid: standard, "
+            raise InputError(f"unknown AutoAttack version {version!r}; valid: standard, "
                              "apgd-ce, apgd-t")
         x_adv = atk(x, y).detach()
         x_adv = clip_to_ball_and_box(x, x_adv, as_radius(eps, x), norm)

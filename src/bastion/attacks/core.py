@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bastion.errors import InputError
 from bastion.types import Norm
 
 
@@ -46,7 +47,7 @@ def random_start(
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
         r = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
         return direction * r * eps
-    raise ValueError(f"attacks support norms 'linf' and 'l2', got {norm!r}")
+    raise InputError(f"attacks support norms 'linf' and 'l2', got {norm!r}")
 
 
 def normalize_gradient(g: torch.Tensor, norm: Norm) -> torch.Tensor:
@@ -55,7 +56,7 @@ def normalize_gradient(g: torch.Tensor, norm: Norm) -> torch.Tensor:
         return g.sign()
     if norm == "l2":
         return g / _flat_norm(g, 2).clamp_min(1e-12)
-    raise ValueError(f"attacks support norms 'linf' and 'l2', got {norm!r}")
+    raise InputError(f"attacks support norms 'linf' and 'l2', got {norm!r}")
 
 
 def project(delta: torch.Tensor, eps: torch.Tensor, norm: Norm) -> torch.Tensor:
@@ -65,7 +66,7 @@ def project(delta: torch.Tensor, eps: torch.Tensor, norm: Norm) -> torch.Tensor:
     if norm == "l2":
         n = _flat_norm(delta, 2)
         return delta * torch.clamp(eps / n.clamp_min(1e-12), max=1.0)
-    raise ValueError(f"attacks support norms 'linf' and 'l2', got {norm!r}")
+    raise InputError(f"attacks support norms 'linf' and 'l2', got {norm!r}")
 
 
 def clip_to_ball_and_box(
@@ -88,7 +89,7 @@ def as_radius(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return e.view(*([1] * x.dim()))
     if e.dim() == 1 and e.shape[0] == x.shape[0]:
         return e.view(-1, *([1] * (x.dim() - 1)))
-    raise ValueError(
+    raise InputError(
         f"eps must be a float or a tensor of shape [N]={x.shape[0]}, got {tuple(e.shape)}"
     )
 

@@ -23,6 +23,7 @@ from bastion.attacks.core import perturbation_norm
 from bastion.attacks.minimal import MinimalResult, fmn, minimal_eps_by_bisection
 from bastion.attacks.pgd import ATTACK_NORMS
 from bastion.attacks.spec import AttackSpec
+from bastion.errors import InputError
 from bastion.records import AttackOutcome, EvalResult
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ MINIMAL_ATTACKS: tuple[str, ...] = ("fmn", "bisection")
 
 def _check_batch_size(batch_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
 
 
 def _index(index: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -83,7 +84,7 @@ def evaluate_attacks(
     check_images(images, "images")
     check_labels(labels, images.shape[0], "labels")
     if not attacks:
-        raise ValueError("evaluate_attacks needs at least one attack")
+        raise InputError("evaluate_attacks needs at least one attack")
     _check_batch_size(batch_size)
     device = next(model.parameters()).device
     gens = [torch.Generator(device=device).manual_seed(seed) for _ in attacks]
@@ -220,13 +221,13 @@ def evaluate_minimal(
     check_choice(norm, ATTACK_NORMS, "attack norm")
     _check_batch_size(batch_size)
     if attack == "bisection" and eps_max is None:
-        raise ValueError("attack='bisection' needs eps_max, the largest radius it searches")
+        raise InputError("attack='bisection' needs eps_max, the largest radius it searches")
     if attack == "fmn" and eps_max is not None:
-        raise ValueError("eps_max applies to attack='bisection' only; FMN searches unbounded")
+        raise InputError("eps_max applies to attack='bisection' only; FMN searches unbounded")
     opts = dict(options or {})
     reserved = {"norm", "steps", "eps_max", "search_steps", "generator", "train_mode"} & set(opts)
     if reserved:
-        raise ValueError(f"options may not set {sorted(reserved)}; they are arguments of "
+        raise InputError(f"options may not set {sorted(reserved)}; they are arguments of "
                          "evaluate_minimal (the attack always runs in eval mode)")
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -48,6 +48,7 @@ from bastion.attacks.core import (
 )
 from bastion.attacks.objectives import margin
 from bastion.attacks.pgd import ATTACK_NORMS, pgd
+from bastion.errors import InputError
 from bastion.types import Norm
 
 _DUAL: dict[str, Norm] = {"linf": "l1", "l2": "l2"}
@@ -76,7 +77,7 @@ def _check(x: torch.Tensor, y: torch.Tensor, norm: str, steps: int) -> None:
     check_labels(y, x.shape[0])
     check_choice(norm, ATTACK_NORMS, "attack norm")
     if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        raise InputError(f"steps must be an int >= 1, got {steps!r}")
 
 
 def _finish(
@@ -140,9 +141,9 @@ def fmn(
     for name, v in (("alpha_init", alpha_init), ("gamma_init", gamma_init),
                     ("gamma_final", gamma_final)):
         if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+            raise InputError(f"{name} must be a finite number > 0, got {v!r}")
     if not (gamma_init < 1 and gamma_final < 1):
-        raise ValueError(f"gamma_init and gamma_final must be < 1, got {gamma_init}, "
+        raise InputError(f"gamma_init and gamma_final must be < 1, got {gamma_init}, "
                          f"{gamma_final}")
     a_final = alpha_init / 100 if alpha_final is None else alpha_final
     net = unwrap(model)
@@ -234,11 +235,11 @@ def minimal_eps_by_bisection(
     upper = 1.0 if norm == "linf" else float(x[0].numel()) ** 0.5
     check_radius(eps_max, "eps_max", upper=upper)
     if not eps_max > 0:
-        raise ValueError(f"eps_max must be > 0, got {eps_max}")
+        raise InputError(f"eps_max must be > 0, got {eps_max}")
     if not isinstance(search_steps, int) or search_steps < 0:
-        raise ValueError(f"search_steps must be an int >= 0, got {search_steps!r}")
+        raise InputError(f"search_steps must be an int >= 0, got {search_steps!r}")
     if not (math.isfinite(step_size_ratio) and step_size_ratio > 0):
-        raise ValueError(f"step_size_ratio must be a finite number > 0, got {step_size_ratio}")
+        raise InputError(f"step_size_ratio must be a finite number > 0, got {step_size_ratio}")
     net = unwrap(model)
     x = x.detach()
     n = x.shape[0]

@@ -19,6 +19,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from bastion.errors import InputError, InputTypeError
+
 Objective = Literal["ce", "kl", "margin", "dlr"]
 ObjectiveFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ObjectiveLike = Objective | ObjectiveFn
@@ -59,7 +61,7 @@ def dlr(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     the logits; needs at least 3 classes.
     """
     if logits.shape[1] < 3:
-        raise ValueError(f"the DLR objective needs at least 3 classes, got {logits.shape[1]}")
+        raise InputError(f"the DLR objective needs at least 3 classes, got {logits.shape[1]}")
     top = logits.sort(dim=1, descending=True).values
     return margin(logits, target) / (top[:, 0] - top[:, 2] + 1e-12)
 
@@ -80,12 +82,12 @@ def resolve_objective(objective: ObjectiveLike) -> ObjectiveFn:
     """
     if isinstance(objective, str):
         if objective not in OBJECTIVES:
-            raise ValueError(f"unknown attack objective {objective!r}; valid choices: "
+            raise InputError(f"unknown attack objective {objective!r}; valid choices: "
                              f"{', '.join(sorted(OBJECTIVES))} (or a callable)")
         return OBJECTIVES[objective]
     if callable(objective):
         return objective
-    raise TypeError(
+    raise InputTypeError(
         f"objective must be one of {', '.join(sorted(OBJECTIVES))} or a callable "
         f"(logits [N, K], target) -> loss [N], got {type(objective).__name__}"
     )
@@ -105,7 +107,7 @@ def per_example_objective(
         got = (f"{loss.dtype} {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
                else type(loss).__name__)
         name = getattr(fn, "__name__", type(fn).__name__)
-        raise ValueError(
+        raise InputError(
             f"objective {name} must return a floating per-example loss of shape [{n}] "
             f"(reduction='none'), got {got}"
         )

@@ -31,6 +31,7 @@ from bastion.attacks.core import (
     random_start,
 )
 from bastion.attacks.objectives import ObjectiveLike, per_example_objective, resolve_objective
+from bastion.errors import InputError
 from bastion.types import Norm
 
 ATTACK_NORMS = ("linf", "l2")
@@ -112,26 +113,26 @@ def pgd(
     upper = _MAX_LINF if norm == "linf" else float(x[0].numel()) ** 0.5
     check_radius(eps, "eps", upper=upper)
     if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        raise InputError(f"steps must be an int >= 1, got {steps!r}")
     if restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
+        raise InputError(f"restarts must be >= 1, got {restarts}")
     if tau < 0:
-        raise ValueError(f"tau must be >= 0, got {tau}")
+        raise InputError(f"tau must be >= 0, got {tau}")
     if objective == "kl":
         if target.dim() != 2 or target.shape[0] != x.shape[0]:
-            raise ValueError("the 'kl' objective takes clean probabilities of shape [N, K]")
+            raise InputError("the 'kl' objective takes clean probabilities of shape [N, K]")
         if targeted:
-            raise ValueError("a targeted attack needs labels, not the 'kl' objective")
+            raise InputError("a targeted attack needs labels, not the 'kl' objective")
     elif isinstance(objective, str):
         if target.dtype != torch.int64 or target.shape != (x.shape[0],):
-            raise ValueError(
+            raise InputError(
                 f"target must be int64 labels of shape [{x.shape[0]}] for {objective!r}"
             )
     elif not (
         (target.dtype == torch.int64 and target.shape == (x.shape[0],))
         or (target.is_floating_point() and target.dim() == 2 and target.shape[0] == x.shape[0])
     ):
-        raise ValueError(
+        raise InputError(
             f"with a callable objective, target must be int64 labels [{x.shape[0]}] or a "
             f"float matrix [{x.shape[0]}, K]; got {target.dtype} {tuple(target.shape)}"
         )

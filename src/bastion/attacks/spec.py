@@ -13,6 +13,7 @@ from bastion.attacks.core import AttackResult
 from bastion.attacks.objectives import OBJECTIVES, Objective
 from bastion.attacks.pgd import fgsm
 from bastion.attacks.threat import ThreatModel, init_threat
+from bastion.errors import InputError
 
 AttackName = Literal["pgd", "fgsm", "apgd-ce", "apgd-t", "autoattack"]
 ATTACKS: tuple[str, ...] = ("pgd", "fgsm", "apgd-ce", "apgd-t", "autoattack")
@@ -76,13 +77,13 @@ class AttackSpec:
         init_threat(self)
         check_choice(self.objective, [o for o in OBJECTIVES if o != "kl"], "attack objective")
         if not isinstance(self.restarts, int) or self.restarts < 1:
-            raise ValueError(f"restarts must be an int >= 1, got {self.restarts!r}")
+            raise InputError(f"restarts must be an int >= 1, got {self.restarts!r}")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {self.num_classes!r}")
+            raise InputError(f"num_classes must be an int >= 2, got {self.num_classes!r}")
         if self.name in ("apgd-t", "autoattack") and self.num_classes < 4:
             # the targeted DLR loss divides by z_pi1 - (z_pi3 + z_pi4) / 2 (Croce & Hein
             # 2020, arXiv 2003.01690): it needs the 4 largest logits
-            raise ValueError(
+            raise InputError(
                 f"{self.name} needs at least 4 classes (APGD-T's targeted DLR loss uses the "
                 f"four largest logits), got num_classes={self.num_classes}; use 'pgd' or "
                 "'apgd-ce' on this model"

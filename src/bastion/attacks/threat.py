@@ -31,6 +31,7 @@ from torch import nn
 from bastion._validate import check_choice, check_radius
 from bastion.attacks.core import AttackResult
 from bastion.attacks.pgd import ATTACK_NORMS, pgd
+from bastion.errors import InputError, InputTypeError
 
 AttackNorm = Literal["linf", "l2"]
 """The norms the attack engine supports."""
@@ -83,19 +84,19 @@ class ThreatModel:
     def __post_init__(self) -> None:
         check_choice(self.norm, ATTACK_NORMS, "norm")
         if not _is_number(self.eps):
-            raise ValueError(f"eps must be a number (pixel units), got {self.eps!r}")
+            raise InputError(f"eps must be a number (pixel units), got {self.eps!r}")
         check_radius(self.eps, "eps", upper=1.0 if self.norm == "linf" else None)
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+            raise InputError(f"steps must be an int >= 1, got {self.steps!r}")
         if self.step_size is not None and not (
             _is_number(self.step_size) and math.isfinite(self.step_size) and self.step_size > 0
         ):
-            raise ValueError(
+            raise InputError(
                 f"step_size must be a finite number > 0 or None, got {self.step_size!r}"
             )
         for name in ("random_init", "train_mode"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
         object.__setattr__(self, "eps", float(self.eps))
         if self.step_size is not None:
             object.__setattr__(self, "step_size", float(self.step_size))
@@ -109,10 +110,12 @@ class ThreatModel:
         Raises ``ValueError`` naming the valid keys for an unknown key.
         """
         if not isinstance(data, Mapping):
-            raise TypeError(f"a threat must be a mapping of {', '.join(THREAT_KEYS)}, got {data!r}")
+            raise InputTypeError(
+                f"a threat must be a mapping of {', '.join(THREAT_KEYS)}, got {data!r}"
+            )
         unknown = sorted(str(k) for k in data if k not in THREAT_KEYS)
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"unknown threat key(s) {unknown}; valid keys: {', '.join(THREAT_KEYS)}"
             )
         return dataclasses.replace(default if default is not None else cls(), **dict(data))
@@ -172,14 +175,14 @@ def resolve_threat(value: ThreatModel | Mapping[str, Any], *, default: ThreatMod
         return value
     if isinstance(value, Mapping):
         return ThreatModel.from_dict(value, default=default)
-    raise TypeError(f"threat must be a ThreatModel or a mapping, got {type(value).__name__}")
+    raise InputTypeError(f"threat must be a ThreatModel or a mapping, got {type(value).__name__}")
 
 
 def field_default(owner: type, name: str = "threat") -> ThreatModel:
     """The default ``ThreatModel`` declared for the dataclass field ``name`` of ``owner``."""
     default = owner.__dataclass_fields__[name].default  # type: ignore[attr-defined]
     if not isinstance(default, ThreatModel):
-        raise TypeError(f"{owner.__name__}.{name} has no ThreatModel default")
+        raise InputTypeError(f"{owner.__name__}.{name} has no ThreatModel default")
     return default
 
 

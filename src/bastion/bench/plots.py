@@ -19,6 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from bastion.errors import InputError, InputTypeError
 from bastion.metrics import certified_accuracy
 from bastion.records import Certificate, History
 from bastion.records.io import atomic_write_bytes
@@ -42,7 +43,7 @@ def _as_runs(histories: Any) -> dict[str, list[dict[str, Any]]]:
             return h.to_dicts()
         epochs = h
         if not isinstance(epochs, Sequence) or not all(isinstance(e, Mapping) for e in epochs):
-            raise TypeError(
+            raise InputTypeError(
                 "expected a History (or a list of per-epoch dicts), got "
                 f"{type(h).__name__}"
             )
@@ -56,7 +57,7 @@ def _as_runs(histories: Any) -> dict[str, list[dict[str, Any]]]:
         if histories and all(isinstance(e, Mapping) for e in histories):
             return {"run": records(histories)}
         return {f"run {i}": records(h) for i, h in enumerate(histories)}
-    raise TypeError(f"cannot plot {type(histories).__name__}; pass a History, a list of "
+    raise InputTypeError(f"cannot plot {type(histories).__name__}; pass a History, a list of "
                     "them or a {label: History} mapping")
 
 
@@ -105,10 +106,10 @@ def plot_history(
     """
     runs = _as_runs(history_or_histories)
     if not runs or not any(runs.values()):
-        raise ValueError("nothing to plot: the histories have no epochs")
+        raise InputError("nothing to plot: the histories have no epochs")
     metrics, clean_metrics = list(metrics), list(clean_metrics)
     if not metrics:
-        raise ValueError("metrics must name at least one key, e.g. 'test_robust_acc'")
+        raise InputError("metrics must name at least one key, e.g. 'test_robust_acc'")
 
     def present(keys: list[str]) -> list[str]:
         return [k for k in keys if any(e.get(k) is not None for r in runs.values() for e in r)]
@@ -116,7 +117,7 @@ def plot_history(
     left, right = present(metrics), present(clean_metrics)
     if not left:
         known = sorted({k for r in runs.values() for e in r for k in e})
-        raise ValueError(f"none of {metrics} is in the histories; available keys: {known}")
+        raise InputError(f"none of {metrics} is in the histories; available keys: {known}")
     missing = [k for k in metrics if k not in left]
     if missing:
         log.warning("not plotted, absent from every run: %s", missing)
@@ -188,10 +189,10 @@ def plot_certified_accuracy(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     if not runs:
-        raise ValueError("nothing to plot: runs is empty")
+        raise InputError("nothing to plot: runs is empty")
     norms = {c.norm for c in runs.values()}
     if len(norms) > 1:
-        raise ValueError(f"certificates of several norms {sorted(norms)} on one plot")
+        raise InputError(f"certificates of several norms {sorted(norms)} on one plot")
     norm = norms.pop()
     fig = Figure(figsize=(6.0, 4.0), dpi=120)
     FigureCanvasAgg(fig)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from bastion._validate import check_choice
 from bastion.certify.forward import PRECISIONS, Precision
+from bastion.errors import InputError
 from bastion.noise import NOISES, NoiseName
 
 Checkpoint = Literal["last", "best"]
@@ -32,7 +33,7 @@ def _int_at_least(value: Any, low: int, name: str, *, none_ok: bool = False) -> 
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         also = " or None" if none_ok else ""
-        raise ValueError(f"{name} must be an int >= {low}{also}, got {value!r}")
+        raise InputError(f"{name} must be an int >= {low}{also}, got {value!r}")
 
 
 def _num(value: float) -> str:
@@ -45,7 +46,7 @@ def _positive_finite(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not (
         math.isfinite(value) and value > 0
     ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise InputError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,24 +94,24 @@ class CertifyConfig:
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or not (
             0.0 < self.alpha < 1.0
         ):
-            raise ValueError(f"alpha must be a number in (0, 1), got {self.alpha!r}")
+            raise InputError(f"alpha must be a number in (0, 1), got {self.alpha!r}")
         _int_at_least(self.n_inputs, 1, "n_inputs", none_ok=True)
         _int_at_least(self.skip, 1, "skip")
         if self.radius is not None:
             _positive_finite(self.radius, "radius")
         if not isinstance(self.two_class, bool):
-            raise ValueError(f"two_class must be a bool, got {self.two_class!r}")
+            raise InputError(f"two_class must be a bool, got {self.two_class!r}")
         if self.two_class and self.radius is not None:
-            raise ValueError("two_class and radius exclude each other: the sequential test "
+            raise InputError("two_class and radius exclude each other: the sequential test "
                              "(radius) certifies with the one-class bound")
         _int_at_least(self.batch_size, 1, "batch_size", none_ok=True)
         check_choice(self.precision, PRECISIONS, "precision")
         check_choice(self.checkpoint, CHECKPOINTS, "checkpoint")
         _int_at_least(self.seed, 0, "seed")
         if self.seed >= SEED_LIMIT:
-            raise ValueError(f"seed must be in [0, 2^32), got {self.seed!r}")
+            raise InputError(f"seed must be in [0, 2^32), got {self.seed!r}")
         if not isinstance(self.device, str) or not self.device:
-            raise ValueError(f"device must be a non-empty name ('auto', 'cpu', 'cuda:0', ...), "
+            raise InputError(f"device must be a non-empty name ('auto', 'cpu', 'cuda:0', ...), "
                              f"got {self.device!r}")
 
     def file_tag(self) -> str:

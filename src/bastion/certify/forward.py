@@ -33,6 +33,7 @@ from torch import nn
 
 from bastion._torch import model_mode, unwrap
 from bastion._validate import check_choice, check_images
+from bastion.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class ForwardPlan:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or (
             self.batch_size < 1
         ):
-            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
+            raise InputError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
 
 
 _TUNE_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], ForwardPlan]] = (
@@ -205,7 +206,7 @@ def tune(
     for f in memory_formats:
         check_choice(f, _FORMATS, "memory format")
     if any(int(b) < 1 for b in batch_sizes):
-        raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
+        raise InputError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
     key = (str(dev), tuple(example_input.shape[1:]), example_input.dtype, precision,
            tuple(int(b) for b in batch_sizes), tuple(memory_formats))
     cache = _TUNE_CACHE.setdefault(net, {})

@@ -41,6 +41,7 @@ import torch
 
 from bastion._validate import check_images, check_labels
 from bastion.certify.rowstore import RowStore, merge_shards, shard_path
+from bastion.errors import InputError
 from bastion.records import Certificate, CertificationRow
 
 Progress = Callable[[int, int], None]
@@ -92,11 +93,11 @@ def input_seed(seed: int, index: int) -> int:
 def selected_indices(num_images: int, skip: int = 1, max_inputs: int | None = None) -> list[int]:
     """Dataset positions certified: every ``skip``-th from 0, at most ``max_inputs`` of them."""
     if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
-        raise ValueError(f"skip must be an int >= 1, got {skip!r}")
+        raise InputError(f"skip must be an int >= 1, got {skip!r}")
     if max_inputs is not None and (
         isinstance(max_inputs, bool) or not isinstance(max_inputs, int) or max_inputs < 1
     ):
-        raise ValueError(f"max_inputs must be an int >= 1 or None, got {max_inputs!r}")
+        raise InputError(f"max_inputs must be an int >= 1 or None, got {max_inputs!r}")
     idx = list(range(0, num_images, skip))
     return idx if max_inputs is None else idx[:max_inputs]
 
@@ -113,7 +114,7 @@ class Shard:
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(
+            raise InputError(
                 f"rank must be in [0, world_size), got rank {self.rank} of {self.world_size}"
             )
 
@@ -146,7 +147,7 @@ def _rows_of(
     seconds: float,
 ) -> list[CertificationRow]:
     if len(cert) != len(indices):
-        raise ValueError(f"the certifier returned {len(cert)} results for {len(indices)} inputs")
+        raise InputError(f"the certifier returned {len(cert)} results for {len(indices)} inputs")
     per = round(seconds / max(1, len(indices)), 4)
     return [
         CertificationRow(
@@ -187,18 +188,18 @@ def certify_shard(
         isinstance(inputs_per_call, bool) or not isinstance(inputs_per_call, int)
         or inputs_per_call < 1
     ):
-        raise ValueError(f"inputs_per_call must be an int >= 1 or None, got {inputs_per_call!r}")
+        raise InputError(f"inputs_per_call must be an int >= 1 or None, got {inputs_per_call!r}")
     assigned = selected_indices(images.shape[0], skip, max_inputs)[rank::world_size]
     device = certifier.device
     run = {"seed": seed, "skip": skip, "num_images": int(images.shape[0])}
     params = certifier.header(images[:1].to(device), run)
     wrong = {k: params.get(k) for k, v in run.items() if params.get(k) != v}
     if wrong:
-        raise ValueError(f"the certifier's header changed the pipeline's entries {wrong}")
+        raise InputError(f"the certifier's header changed the pipeline's entries {wrong}")
     store = RowStore.open(out_path, params)
     have = [r.index for r in store.done]
     if have != assigned[: len(have)]:
-        raise ValueError(
+        raise InputError(
             f"{store.path} holds rows for inputs {have[:5]}... that are not this run's first "
             f"{len(have)} inputs; pass another output path"
         )

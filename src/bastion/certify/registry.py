@@ -57,6 +57,7 @@ from bastion.certify.smoothing_certifiers import (
     PredictCertifier,
     SequentialCertifier,
 )
+from bastion.errors import InputError
 from bastion.noise import Noise
 from bastion.records import CertificationRow
 
@@ -104,7 +105,7 @@ def smoothing_certifier(
         return CohenCertifier(smoothed=smoothed, n0=n0, n=n, alpha=alpha, two_class=two_class,
                               batch_size=batch_size, precision=precision)
     if two_class:
-        raise ValueError("two_class applies to CERTIFY only; the sequential test (radius) "
+        raise InputError("two_class applies to CERTIFY only; the sequential test (radius) "
                          "uses the one-class bound")
     return SequentialCertifier(smoothed=smoothed, radius=radius, n0=n0, n_max=n,
                                n_first=n_first, growth=growth, alpha=alpha,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bastion.errors import InputError, MissingFileError
 from bastion.records import CertificationRow
 from bastion.records.io import atomic_write_bytes
 
@@ -71,18 +72,18 @@ def _read(path: Path) -> _FileState:
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line at byte {pos} is not valid JSON ({err})") from err
+            raise InputError(f"{path}: line at byte {pos} is not valid JSON ({err})") from err
         if pos == 0:
             if not isinstance(obj, dict) or HEADER_KEY not in obj:
-                raise ValueError(f"{path} is not a bastion certification file (no header)")
+                raise InputError(f"{path} is not a bastion certification file (no header)")
             header = obj
         else:
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}: line at byte {pos} is not a row object")
+                raise InputError(f"{path}: line at byte {pos} is not a row object")
             try:
                 rows.append(CertificationRow.from_json(obj))
             except (TypeError, ValueError) as err:
-                raise ValueError(f"{path}: bad row at byte {pos}: {err}") from err
+                raise InputError(f"{path}: bad row at byte {pos}: {err}") from err
             lines.append(raw)
         pos = end + 1
     return _FileState(header, rows, lines, pos)
@@ -92,7 +93,7 @@ def read_rows(path: str | os.PathLike) -> list[CertificationRow]:
     """The complete rows of a certification file (a half-written last line is ignored)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no certification file at {str(path)!r}")
+        raise MissingFileError(f"no certification file at {str(path)!r}")
     return _read(path).rows
 
 
@@ -100,10 +101,10 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     """The ``params`` of a certification file's header line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no certification file at {str(path)!r}")
+        raise MissingFileError(f"no certification file at {str(path)!r}")
     state = _read(path)
     if state.header is None:
-        raise ValueError(f"{path} has no header line")
+        raise InputError(f"{path} has no header line")
     return state.header["params"]
 
 
@@ -134,9 +135,9 @@ class RowStore:
         if path.exists() and path.stat().st_size > 0:
             state = _read(path)
             if state.header is None:
-                raise ValueError(f"{path} exists but has no complete header; remove it")
+                raise InputError(f"{path} exists but has no complete header; remove it")
             if state.header.get("params") != norm:
-                raise ValueError(
+                raise InputError(
                     f"{path} holds a certification with other parameters "
                     f"({state.header.get('params')}); pass another output path to start a "
                     "new one"
@@ -173,21 +174,21 @@ def merge_shards(out_path: str | os.PathLike, world_size: int) -> list[Certifica
     for r in range(world_size):
         p = shard_path(out_path, r, world_size)
         if not p.is_file():
-            raise FileNotFoundError(f"missing shard {p}")
+            raise MissingFileError(f"missing shard {p}")
         state = _read(p)
         first = p.read_bytes().split(b"\n", 1)[0] + b"\n"
         if header_line is None:
             header_line = first
         elif first != header_line:
-            raise ValueError(f"shard {p} was made with other parameters than shard 0")
+            raise InputError(f"shard {p} was made with other parameters than shard 0")
         keyed.extend((row.index, line, row) for row, line in
                      zip(state.rows, state.lines, strict=True))
     keyed.sort(key=lambda t: t[0])
     indices = [t[0] for t in keyed]
     if len(set(indices)) != len(indices):
-        raise ValueError("shards overlap: an index appears twice")
+        raise InputError("shards overlap: an index appears twice")
     if header_line is None:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
+        raise InputError(f"world_size must be >= 1, got {world_size}")
     atomic_write_bytes(out_path, header_line + b"".join(t[1] for t in keyed))
     return [t[2] for t in keyed]
 

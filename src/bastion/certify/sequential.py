@@ -48,6 +48,7 @@ from bastion._validate import check_radius
 from bastion.certify.forward import Precision
 from bastion.certify.smoothing import SmoothedClassifier, generators_for
 from bastion.certify.stats import cp_lower, cp_upper
+from bastion.errors import InputError
 from bastion.records import Certificate
 
 
@@ -74,9 +75,9 @@ def look_schedule(n_first: int, n_max: int, growth: float, alpha: float) -> list
         [100, 200, 400, 800, 1000]
     """
     if not isinstance(n_first, int) or not isinstance(n_max, int) or not 1 <= n_first <= n_max:
-        raise ValueError(f"need integers 1 <= n_first <= n_max, got {n_first}, {n_max}")
+        raise InputError(f"need integers 1 <= n_first <= n_max, got {n_first}, {n_max}")
     if not growth > 1.0:
-        raise ValueError(f"growth must be > 1, got {growth}")
+        raise InputError(f"growth must be > 1, got {growth}")
     sizes: list[int] = []
     k = 0
     while True:
@@ -131,9 +132,9 @@ def certify_radius(
     """
     check_radius(radius, "radius")
     if not isinstance(n0, int) or n0 < 1:
-        raise ValueError(f"n0 must be an int >= 1, got {n0!r}")
+        raise InputError(f"n0 must be an int >= 1, got {n0!r}")
     if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+        raise InputError(f"alpha must be in (0, 1), got {alpha!r}")
     looks = look_schedule(n_first, n_max, growth, alpha)
     noise = smoothed.noise_for(x)
     p_star = noise.p_required(float(radius))

@@ -55,6 +55,7 @@ from bastion.certify.forward import (
 )
 from bastion.certify.stats import binomial_pvalue, cp_lower, two_class_bounds
 from bastion.certify.votes import AdditiveNoise, VoteCounter
+from bastion.errors import InputError, InputTypeError
 from bastion.noise import Noise, Uniform
 from bastion.records import Certificate
 
@@ -71,7 +72,7 @@ def generators_for(
     if isinstance(generator, Sequence):
         gens = list(generator)
         if len(gens) != n:
-            raise ValueError(f"{len(gens)} generators for a batch of {n} inputs")
+            raise InputError(f"{len(gens)} generators for a batch of {n} inputs")
         return gens
     dev = generator.device if generator is not None else torch.device("cpu")
     seeds = torch.randint(0, 2**63 - 1, (n,), generator=generator, device=dev).tolist()
@@ -119,11 +120,11 @@ class SmoothedClassifier:
 
     def __post_init__(self) -> None:
         if not isinstance(self.base_model, nn.Module):
-            raise TypeError(f"base_model must be an nn.Module, got {type(self.base_model)}")
+            raise InputTypeError(f"base_model must be an nn.Module, got {type(self.base_model)}")
         if not all(hasattr(self.noise, a) for a in ("sample", "radius", "norm", "name")):
-            raise TypeError(f"noise must be a bastion.noise distribution, got {self.noise}")
+            raise InputTypeError(f"noise must be a bastion.noise distribution, got {self.noise}")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {self.num_classes!r}")
+            raise InputError(f"num_classes must be an int >= 2, got {self.num_classes!r}")
         check_choice(self.memory_format, MEMORY_FORMATS, "memory_format")
 
     # -- plumbing
@@ -152,7 +153,7 @@ class SmoothedClassifier:
         prec = resolve_precision(precision, x.device)
         net = unwrap(self.base_model)
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+            raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if self.memory_format != "auto" and batch_size is not None:
             fmt, bs = self.memory_format, batch_size
         else:
@@ -297,9 +298,9 @@ def check_counts(*, n: int, alpha: float, n0: int | None = None) -> None:
     """Raise unless the draw counts are ints >= 1 and ``alpha`` lies in (0, 1)."""
     for name, v in (("n", n), ("n0", n0)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            raise InputError(f"{name} must be an int >= 1, got {v!r}")
     if not (isinstance(alpha, int | float) and 0.0 < alpha < 1.0 and math.isfinite(alpha)):
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+        raise InputError(f"alpha must be in (0, 1), got {alpha!r}")
 
 
 __all__ = [

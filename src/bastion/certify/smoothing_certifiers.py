@@ -26,6 +26,7 @@ from bastion._validate import check_radius
 from bastion.certify.forward import Precision, resolve_precision
 from bastion.certify.sequential import certify_radius, look_schedule
 from bastion.certify.smoothing import SmoothedClassifier, check_counts
+from bastion.errors import InputError
 from bastion.noise import Gaussian, Noise
 from bastion.records import Certificate
 
@@ -35,7 +36,7 @@ def check_batch_size(batch_size: int | None) -> None:
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
-        raise ValueError(f"batch_size must be an int >= 1 or None (measured), got {batch_size!r}")
+        raise InputError(f"batch_size must be an int >= 1 or None (measured), got {batch_size!r}")
 
 
 def smoothing_header(
@@ -225,9 +226,9 @@ class SequentialCertifier:
     def __post_init__(self) -> None:
         check_radius(self.radius, "radius")
         if isinstance(self.n0, bool) or not isinstance(self.n0, int) or self.n0 < 1:
-            raise ValueError(f"n0 must be an int >= 1, got {self.n0!r}")
+            raise InputError(f"n0 must be an int >= 1, got {self.n0!r}")
         if not (isinstance(self.alpha, int | float) and 0.0 < self.alpha < 1.0):
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
+            raise InputError(f"alpha must be in (0, 1), got {self.alpha!r}")
         look_schedule(self.n_first, self.n_max, self.growth, self.alpha)  # validates them
         check_batch_size(self.batch_size)
         object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))

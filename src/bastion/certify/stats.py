@@ -29,10 +29,12 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
+from bastion.errors import InputError
+
 
 def _check_alpha(alpha: float) -> None:
     if not (isinstance(alpha, int | float) and 0.0 < alpha < 1.0):
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+        raise InputError(f"alpha must be in (0, 1), got {alpha!r}")
 
 
 def _as_counts(k: Any, n: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +42,7 @@ def _as_counts(k: Any, n: Any) -> tuple[np.ndarray, np.ndarray]:
     n_np = np.asarray(n.detach().cpu() if isinstance(n, torch.Tensor) else n, dtype=np.float64)
     k_np, n_np = np.broadcast_arrays(k_np, n_np)
     if np.isnan(k_np).any() or (n_np < 1).any() or (k_np < 0).any() or (k_np > n_np).any():
-        raise ValueError("counts must satisfy 0 <= k <= n and n >= 1")
+        raise InputError("counts must satisfy 0 <= k <= n and n >= 1")
     return k_np, n_np
 
 
@@ -109,7 +111,7 @@ def binomial_pvalue(k: Any, n: Any, p: float = 0.5) -> Any:
         float64 p-values, same container rules as :func:`cp_lower`.
     """
     if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p!r}")
+        raise InputError(f"p must be in (0, 1), got {p!r}")
     kk, nn = _as_counts(k, n)
     if p == 0.5:
         tail = sps.binom.cdf(np.minimum(kk, nn - kk), nn, 0.5)
@@ -168,7 +170,7 @@ def two_class_bounds(
     """
     _check_alpha(alpha)
     if counts.dim() != 2 or counts.shape[1] < 2:
-        raise ValueError(f"counts must have shape [N, K] with K >= 2, got {tuple(counts.shape)}")
+        raise InputError(f"counts must have shape [N, K] with K >= 2, got {tuple(counts.shape)}")
     n = counts.sum(dim=1)
     k_classes = counts.shape[1]
     n_a = counts.gather(1, top.view(-1, 1)).squeeze(1)

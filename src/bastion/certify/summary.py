@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from bastion.errors import InputError
 from bastion.metrics import average_certified_radius, certified_accuracy
 from bastion.records import Certificate, CertificationRow
 from bastion.types import CertNorm
@@ -32,7 +33,7 @@ def rows_to_certificate(
         method: the certifier's name to record.
     """
     if not rows:
-        raise ValueError("no rows to summarise")
+        raise InputError("no rows to summarise")
     return Certificate(
         prediction=torch.tensor([r.prediction for r in rows], dtype=torch.int64),
         radius=torch.tensor([r.radius for r in rows], dtype=torch.float64),

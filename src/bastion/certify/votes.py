@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from bastion.certify.forward import autocast, empty_batch
+from bastion.errors import InputError
 from bastion.noise import Noise
 
 NOISE_BLOCK = 1024
@@ -132,7 +133,7 @@ class VoteCounter:
             with autocast(device, self.precision):
                 logits = self.model(buf[:m])
             if logits.dim() != 2 or logits.shape[1] != k:
-                raise ValueError(
+                raise InputError(
                     f"the base model returned logits of shape {tuple(logits.shape)}; "
                     f"expected [N, {k}] (num_classes={k})"
                 )

@@ -24,6 +24,8 @@ from typing import Literal, get_args
 import torch
 from torch.utils.data import Dataset
 
+from bastion.errors import InputError, InputTypeError
+
 __all__ = ["SPLITS", "ImageDataset", "Split"]
 
 Split = Literal["train", "test"]
@@ -69,36 +71,38 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
         x, y = self.images, self.labels
         if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.dim() != 4:
             got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise TypeError(f"{self.name}: images must be a float32 tensor [N, C, H, W], got {got}")
+            raise InputTypeError(
+                f"{self.name}: images must be a float32 tensor [N, C, H, W], got {got}"
+            )
         if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1:
             got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
-            raise TypeError(f"{self.name}: labels must be an int64 tensor [N], got {got}")
+            raise InputTypeError(f"{self.name}: labels must be an int64 tensor [N], got {got}")
         if x.shape[0] != y.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: {x.shape[0]} images but {y.shape[0]} labels; they must agree"
             )
         if isinstance(self.class_names, str) or not isinstance(self.class_names, Sequence):
-            raise TypeError(f"{self.name}: class_names must be a sequence of strings")
+            raise InputTypeError(f"{self.name}: class_names must be a sequence of strings")
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: num_classes must be an int >= 1, got {self.num_classes}"
             )
         if len(self.class_names) != self.num_classes:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes"
             )
         if x.shape[0] == 0:
             return
         lo, hi = (float(v) for v in torch.aminmax(x))
         if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: images must lie in [0, 1] (bastion normalises inside the model); "
                 f"got values in [{lo:.4g}, {hi:.4g}]"
             )
         ylo, yhi = (int(v) for v in torch.aminmax(y))
         if ylo < 0 or yhi >= self.num_classes:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: labels must lie in [0, {self.num_classes - 1}], got [{ylo}, {yhi}]"
             )
 
@@ -137,12 +141,12 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
         size = len(self)
         start = operator.index(start)
         if not 0 <= start <= size:
-            raise ValueError(f"start={start} must lie in [0, {size}] for {self.name}")
+            raise InputError(f"start={start} must lie in [0, {size}] for {self.name}")
         if n is None:
             n = size - start
         n = operator.index(n)
         if n < 0 or start + n > size:
-            raise ValueError(
+            raise InputError(
                 f"cannot take n={n} examples from start={start}: {self.name} has {size} examples"
             )
         return dataclasses.replace(

@@ -29,6 +29,7 @@ from bastion.data.locate import (
     _idx_files,
     _user_folder_candidates,
 )
+from bastion.errors import MissingFileError
 
 __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
@@ -170,7 +171,7 @@ def find_fashion_mnist(
             return files
     looked = "\n".join(f"  - {d.path}  ({d.origin})" for d in candidates)
     prefix = _IDX_PREFIX[split]
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"Fashion-MNIST {split} split not found: no {prefix}-images-idx3-ubyte[.gz] together "
         f"with {prefix}-labels-idx1-ubyte[.gz] in any of:\n{looked}\n{_GET_FASHION_MNIST}"
     )

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bastion.errors import InputError
+
 __all__ = ["IdxFormatError", "read_idx", "write_idx", "IDX_DTYPES"]
 
 logger = logging.getLogger(__name__)
@@ -133,11 +135,11 @@ def write_idx(
     path = Path(path)
     array = np.asarray(array)
     if array.ndim == 0 or array.ndim > 255:
-        raise ValueError(f"IDX arrays need 1 to 255 dimensions, got {array.ndim}")
+        raise InputError(f"IDX arrays need 1 to 255 dimensions, got {array.ndim}")
     native = {dt.newbyteorder("="): code for code, dt in IDX_DTYPES.items()}
     code = native.get(array.dtype.newbyteorder("="))
     if code is None:
-        raise ValueError(
+        raise InputError(
             f"dtype {array.dtype} has no IDX code; use one of "
             f"{', '.join(dt.name for dt in IDX_DTYPES.values())}"
         )

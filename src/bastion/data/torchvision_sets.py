@@ -26,6 +26,7 @@ import torch
 from bastion.data.cache import _decode_idx_pair, _stamp
 from bastion.data.dataset import ImageDataset, Split
 from bastion.data.locate import _IDX_PREFIX, ENV_VAR, _env_dir, _idx_files, _user_folder_candidates
+from bastion.errors import InputError, MissingFileError
 
 __all__ = ["CIFAR10_CLASSES", "MNIST_CLASSES"]
 
@@ -53,7 +54,7 @@ def _user_root(what: str, data_dir: str | os.PathLike[str] | None, hint: str) ->
     env = _env_dir()
     if env is not None:
         return env
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{what} needs a folder: pass data_dir=... (--data-dir) or set {ENV_VAR}. bastion never "
         f"downloads data; downloading is left to you: {hint}"
     )
@@ -97,7 +98,7 @@ def _load_mnist(split: Split, data_dir: str | os.PathLike[str] | None) -> ImageD
             logger.info("MNIST %s: %d images from %s", split, len(y), folder)
             return ImageDataset(x, y, "mnist", 10, MNIST_CLASSES)
     looked = "\n".join(f"  - {p}" for p in candidates)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"MNIST {split} split not found: no torchvision root ({raw} with the four uncompressed "
         f"files) and no {_IDX_PREFIX[split]}-images/labels IDX files in:\n{looked}\n"
         f"bastion never downloads data; downloading is left to you: {_MNIST_HINT}"
@@ -120,13 +121,13 @@ def _cifar10_torchvision(
     try:
         ds = CIFAR10(root, train=train, download=False)
     except RuntimeError as e:  # torchvision's "not found or corrupted" (MD5 mismatch)
-        raise ValueError(
+        raise InputError(
             f"CIFAR-10 files in {Path(root) / CIFAR10.base_folder} are corrupted or not the "
             f"official ones (torchvision: {e}). {_CIFAR_HINT}"
         ) from e
     data = torch.from_numpy(np.ascontiguousarray(ds.data))  # uint8 [N, H, W, C]
     if data.dim() != 4 or data.shape[-1] != 3:
-        raise ValueError(f"CIFAR-10 data in {root} has shape {tuple(data.shape)}, not [N,32,32,3]")
+        raise InputError(f"CIFAR-10 data in {root} has shape {tuple(data.shape)}, not [N,32,32,3]")
     x = data.permute(0, 3, 1, 2).to(torch.float32).div_(255.0).contiguous()
     y = torch.as_tensor(ds.targets, dtype=torch.int64)
     return x, y, tuple(str(c) for c in ds.classes)
@@ -143,19 +144,19 @@ def _load_cifar10(split: Split, data_dir: str | os.PathLike[str] | None) -> Imag
     folder = next((c for c in candidates if (c / base).is_dir()), None)
     if folder is None:
         looked = "\n".join(f"  - {c / base}" for c in candidates)
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"CIFAR-10 not found: none of these folders exists:\n{looked}\nbastion never "
             f"downloads data; downloading is left to you: {_CIFAR_HINT}"
         )
     names = [f for f, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
     missing = [f for f in names if not (folder / base / f).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"CIFAR-10 folder {folder / base} lacks {', '.join(missing)}. {_CIFAR_HINT}"
         )
     key = _stamp(*(folder / base / f for f in names))
     x, y, classes = _cifar10_torchvision(key, str(folder), split == "train")
     if len(classes) != 10:
-        raise ValueError(f"CIFAR-10 metadata in {folder / base} names {len(classes)} classes")
+        raise InputError(f"CIFAR-10 metadata in {folder / base} names {len(classes)} classes")
     logger.info("CIFAR-10 %s: %d images from %s", split, len(y), folder / base)
     return ImageDataset(x, y, "cifar10", 10, classes)

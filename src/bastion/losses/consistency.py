@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from bastion.errors import InputError
+
 
 def js_divergence(
     logits_p: torch.Tensor,
@@ -42,12 +44,12 @@ def js_divergence(
         0.0
     """
     if not (isinstance(tau, int | float) and math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+        raise InputError(f"tau must be a finite number > 0, got {tau!r}")
     if logits_p.dim() != 2 or logits_p.shape != logits_q.shape:
-        raise ValueError(f"logits must both have shape [N, K]; got {tuple(logits_p.shape)} "
+        raise InputError(f"logits must both have shape [N, K]; got {tuple(logits_p.shape)} "
                          f"and {tuple(logits_q.shape)}")
     if reduction not in ("batchmean", "none"):
-        raise ValueError(f"unknown reduction {reduction!r}; valid choices: batchmean, none")
+        raise InputError(f"unknown reduction {reduction!r}; valid choices: batchmean, none")
     log_p = F.log_softmax(logits_p / tau, dim=1)
     log_q = F.log_softmax(logits_q / tau, dim=1)
     log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)

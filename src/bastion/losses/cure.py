@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion.errors import InputError
+
 Direction = Literal["gradient-sign", "gradient", "gaussian"]
 DIRECTIONS: tuple[str, ...] = ("gradient-sign", "gradient", "gaussian")
 
@@ -65,7 +67,7 @@ def input_gradient(
     with torch.enable_grad():
         loss = loss_fn(model(xg), y)
         if loss.shape != (x.shape[0],):
-            raise ValueError(
+            raise InputError(
                 f"loss_fn must return one loss per example, shape [{x.shape[0]}]; "
                 f"got {tuple(loss.shape)}"
             )
@@ -93,7 +95,7 @@ def curvature_direction(
         the gradient is exactly zero (then the penalty of that example is 0).
     """
     if direction not in DIRECTIONS:
-        raise ValueError(
+        raise InputError(
             f"unknown CURE direction {direction!r}; valid choices: {', '.join(DIRECTIONS)}"
         )
     g = grad.detach()
@@ -154,14 +156,14 @@ def curvature_penalty(
         torch.Size([2])
     """
     if not (isinstance(h, int | float) and math.isfinite(h) and h > 0):
-        raise ValueError(f"h must be a finite number > 0, got {h!r}")
+        raise InputError(f"h must be a finite number > 0, got {h!r}")
     if not isinstance(draws, int) or draws < 1:
-        raise ValueError(f"draws must be an int >= 1, got {draws!r}")
+        raise InputError(f"draws must be an int >= 1, got {draws!r}")
     if draws > 1 and (z is not None or direction != "gaussian"):
-        raise ValueError("draws > 1 only applies to direction='gaussian' (other directions "
+        raise InputError("draws > 1 only applies to direction='gaussian' (other directions "
                          "are deterministic)")
     if z is not None and z.shape != x.shape:
-        raise ValueError(f"z must have the shape of x {tuple(x.shape)}, got {tuple(z.shape)}")
+        raise InputError(f"z must have the shape of x {tuple(x.shape)}, got {tuple(z.shape)}")
     g0 = input_gradient(model, x, y, loss_fn, create_graph=True)
     total = torch.zeros(x.shape[0], device=x.device, dtype=g0.dtype)
     for _ in range(draws):

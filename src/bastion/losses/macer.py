@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bastion.errors import InputError
+
 
 def normal_icdf(p: torch.Tensor) -> torch.Tensor:
     """``Phi^-1(p)``, the standard normal quantile, differentiable (``torch.special.ndtri``)."""
@@ -41,7 +43,7 @@ def soft_smoothed_probs(logits: torch.Tensor, beta: float = 1.0) -> torch.Tensor
         logits [B, k, K] (k noise draws per input) -> probabilities [B, K].
     """
     if logits.dim() != 3:
-        raise ValueError(f"logits must have shape [B, k, K], got {tuple(logits.shape)}")
+        raise InputError(f"logits must have shape [B, k, K], got {tuple(logits.shape)}")
     return F.softmax(beta * logits, dim=-1).mean(dim=1)
 
 
@@ -112,14 +114,14 @@ def macer_loss(
         >>> terms.loss.backward()
     """
     if logits.dim() != 3 or y.shape != (logits.shape[0],):
-        raise ValueError(
+        raise InputError(
             f"need logits [B, k, K] and labels [B]; got {tuple(logits.shape)}, {tuple(y.shape)}"
         )
     for name, v in (("sigma", sigma), ("gamma", gamma), ("beta", beta)):
         if not v > 0:
-            raise ValueError(f"{name} must be > 0, got {v}")
+            raise InputError(f"{name} must be > 0, got {v}")
     if lam < 0:
-        raise ValueError(f"lam must be >= 0, got {lam}")
+        raise InputError(f"lam must be >= 0, got {lam}")
     b = logits.shape[0]
     probs = soft_smoothed_probs(logits, 1.0)
     classification = F.nll_loss(torch.log(probs + 1e-10), y)  # the code's guard against log 0

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bastion.errors import InputError
+
 
 def _flat(u: torch.Tensor) -> torch.Tensor:
     return u.flatten(1) if u.dim() > 1 else u[:, None]
@@ -34,7 +36,7 @@ def angular_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """
     u, v = _flat(u), _flat(v)
     if u.shape != v.shape:
-        raise ValueError(f"u and v must have the same shape, got {tuple(u.shape)} and "
+        raise InputError(f"u and v must have the same shape, got {tuple(u.shape)} and "
                          f"{tuple(v.shape)}")
     cos = (F.normalize(u, dim=1, eps=1e-12) * F.normalize(v, dim=1, eps=1e-12)).sum(dim=1)
     return 1.0 - cos.abs()
@@ -44,7 +46,7 @@ def pairwise_angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """All angular distances between rows: ``out[i, j] = D(a_i, b_j)``, shape [N, M]."""
     a, b = _flat(a), _flat(b)
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"a and b must have the same feature size, got {a.shape[1]} and "
+        raise InputError(f"a and b must have the same feature size, got {a.shape[1]} and "
                          f"{b.shape[1]}")
     an = F.normalize(a, dim=1, eps=1e-12)
     bn = F.normalize(b, dim=1, eps=1e-12)

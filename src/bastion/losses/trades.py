@@ -11,10 +11,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bastion.errors import InputError
+
 
 def _check_logits(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> None:
     if logits_clean.dim() != 2 or logits_clean.shape != logits_adv.shape:
-        raise ValueError(
+        raise InputError(
             "logits_clean and logits_adv must both have shape [N, K]; got "
             f"{tuple(logits_clean.shape)} and {tuple(logits_adv.shape)}"
         )
@@ -64,5 +66,5 @@ def trades_loss(
     """
     _check_logits(logits_clean, logits_adv)
     if not (math.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        raise InputError(f"beta must be a finite number >= 0, got {beta!r}")
     return F.cross_entropy(logits_clean, y) + beta * trades_kl(logits_clean, logits_adv)

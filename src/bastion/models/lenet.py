@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from bastion.errors import InputError
 from bastion.models.normalize import (
     _as_hw,
     _check_positive_int,
@@ -66,11 +67,11 @@ class LeNet(nn.Module):
         _check_positive_int(in_channels, "in_channels")
         h, w = _as_hw(input_size)
         if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise ValueError(f"padding must be an int >= 0, got {padding!r}")
+            raise InputError(f"padding must be an int >= 0, got {padding!r}")
         fh, fw = _lenet_side(h, padding), _lenet_side(w, padding)
         if fh < 1 or fw < 1:
             least = _min_input_side(lambda s: _lenet_side(s, padding))
-            raise ValueError(
+            raise InputError(
                 f"input_size {h}x{w} is too small for LeNet with padding={padding}: the conv "
                 f"stack needs at least {least} pixels on each side"
             )
@@ -107,7 +108,7 @@ class LeNet(nn.Module):
         """Logits ``[N, num_classes]`` for images ``[N, in_channels, H, W]``."""
         feats = self.features(x)
         if tuple(feats.shape[1:]) != self.feature_shape:
-            raise ValueError(
+            raise InputError(
                 f"LeNet was built for {self.input_size[0]}x{self.input_size[1]} inputs, got "
                 f"input shape {tuple(x.shape)}; build it with input_size=(H, W) of your data"
             )

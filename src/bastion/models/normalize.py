@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from bastion.errors import InputError, InputTypeError
+
 
 class Normalize(nn.Module):
     """Subtract a per-channel mean and divide by a per-channel standard deviation.
@@ -44,16 +46,16 @@ class Normalize(nn.Module):
         mean_t = [float(m) for m in mean]
         std_t = [float(s) for s in std]
         if len(mean_t) == 0:
-            raise ValueError("mean must have at least one entry (one per channel)")
+            raise InputError("mean must have at least one entry (one per channel)")
         if len(mean_t) != len(std_t):
-            raise ValueError(
+            raise InputError(
                 f"mean and std must have one entry per channel and the same length; "
                 f"got {len(mean_t)} means and {len(std_t)} standard deviations"
             )
         if not all(math.isfinite(m) for m in mean_t):
-            raise ValueError(f"mean must be finite, got {mean_t}")
+            raise InputError(f"mean must be finite, got {mean_t}")
         if not all(math.isfinite(s) and s > 0 for s in std_t):
-            raise ValueError(f"std must be finite and > 0 in every channel, got {std_t}")
+            raise InputError(f"std must be finite and > 0 in every channel, got {std_t}")
         self.register_buffer("mean", torch.tensor(mean_t).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std_t).view(1, -1, 1, 1))
 
@@ -65,7 +67,7 @@ class Normalize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` of shape ``[N, C, H, W]`` channel by channel."""
         if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"Normalize expects an NCHW batch with {self.num_channels} channel(s), "
                 f"got shape {tuple(x.shape)}"
             )
@@ -83,9 +85,9 @@ class Normalize(nn.Module):
 def _check_positive_int(value: object, name: str) -> int:
     """Return ``value`` if it is an int >= 1, else raise a clear error."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        raise InputTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+        raise InputError(f"{name} must be >= 1, got {value}")
     return value
 
 
@@ -96,7 +98,7 @@ def _as_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
     else:
         pair = tuple(input_size)
         if len(pair) != 2:
-            raise ValueError(f"input_size must be an int or an (height, width) pair, got {pair}")
+            raise InputError(f"input_size must be an int or an (height, width) pair, got {pair}")
     h = _check_positive_int(pair[0], "input_size height")
     w = _check_positive_int(pair[1], "input_size width")
     return h, w
@@ -105,7 +107,7 @@ def _as_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
 def _check_dropout(p: object, name: str = "dropout") -> float:
     """Return ``p`` as a float if it is a probability in [0, 1), else raise."""
     if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= float(p) < 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1), got {p!r}")
+        raise InputError(f"{name} must be a probability in [0, 1), got {p!r}")
     return float(p)
 
 

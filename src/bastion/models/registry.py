@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bastion.errors import InputError, InputTypeError
 from bastion.models.lenet import LeNet
 from bastion.models.mlp import MLP
 from bastion.models.normalize import Normalize, _as_hw, _check_positive_int
@@ -78,7 +79,7 @@ def dataset_stats(name: str) -> ChannelStats:
         ChannelStats(mean=(0.1307,), std=(0.3081,))
     """
     if name not in DATASET_STATS:
-        raise ValueError(
+        raise InputError(
             f"no normalisation statistics for dataset {name!r}; known datasets: "
             f"{', '.join(sorted(DATASET_STATS))}"
         )
@@ -131,29 +132,29 @@ def build(
         torch.Size([2, 10])
     """
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+        raise InputError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
     _check_positive_int(in_channels, "in_channels")
     hw = _as_hw(input_size)
 
     valid = _architecture_keywords(name)
     unknown = sorted(k for k in kwargs if k not in valid)
     if unknown:
-        raise TypeError(
+        raise InputTypeError(
             f"unknown keyword argument(s) {', '.join(unknown)} for model {name!r}; valid "
             f"keyword arguments: {', '.join(['num_classes', 'in_channels', 'input_size', *valid])}"
         )
 
     if dataset is not None:
         if mean is not None or std is not None:
-            raise ValueError("give either dataset or mean/std, not both")
+            raise InputError("give either dataset or mean/std, not both")
         stats = dataset_stats(dataset)
         mean, std = stats.mean, stats.std
     if (mean is None) != (std is None):
-        raise ValueError("give both mean and std, or neither (identity normalisation)")
+        raise InputError("give both mean and std, or neither (identity normalisation)")
     if mean is None or std is None:
         mean, std = (0.0,) * in_channels, (1.0,) * in_channels
     if len(mean) != in_channels:
-        raise ValueError(
+        raise InputError(
             f"normalisation has {len(mean)} channel(s) but in_channels={in_channels}"
             + (f" (statistics of dataset {dataset!r})" if dataset is not None else "")
         )
@@ -223,6 +224,6 @@ def check_state_dict_matches(model: nn.Module, state_dict: Mapping[str, torch.Te
         parts.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
     if mismatched:
         parts.append(f"{len(mismatched)} shape mismatch(es): {_first(mismatched)}")
-    raise ValueError(
+    raise InputError(
         f"checkpoint does not match the {type(model).__name__} architecture: " + "; ".join(parts)
     )

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from bastion.errors import InputError
 from bastion.models.normalize import (
     _as_hw,
     _check_dropout,
@@ -82,7 +83,7 @@ class SmallCNN(nn.Module):
         dropout = _check_dropout(dropout)
         fh, fw = _small_cnn_side(h), _small_cnn_side(w)
         if fh < 1 or fw < 1:
-            raise ValueError(
+            raise InputError(
                 f"input_size {h}x{w} is too small for SmallCNN: the conv stack needs at least "
                 f"{_min_input_side(_small_cnn_side)} pixels on each side"
             )
@@ -134,7 +135,7 @@ class SmallCNN(nn.Module):
         """Logits ``[N, num_classes]`` for images ``[N, in_channels, H, W]``."""
         feats = self.features(x)
         if tuple(feats.shape[1:]) != self.feature_shape:
-            raise ValueError(
+            raise InputError(
                 f"SmallCNN was built for {self.input_size[0]}x{self.input_size[1]} inputs, got "
                 f"input shape {tuple(x.shape)}; build it with input_size=(H, W) of your data"
             )

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion.errors import InputError
 from bastion.models.normalize import _check_dropout, _check_positive_int
 
 
@@ -129,7 +130,7 @@ class WideResNet(nn.Module):
         _check_positive_int(widen_factor, "widen_factor")
         dropout = _check_dropout(dropout)
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-            raise ValueError(
+            raise InputError(
                 f"WideResNet depth must be an int of the form 6n + 4 with n >= 1 "
                 f"(10, 16, 22, 28, 34, 40, ...), got {depth!r}"
             )

@@ -8,28 +8,29 @@ from typing import Any
 
 import torch
 
+from bastion.errors import InputError, InputTypeError
 from bastion.records.io import TensorRecord
 from bastion.types import CERT_NORMS, CertNorm
 
 
 def _check(t: Any, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"Certificate.{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise InputTypeError(f"Certificate.{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype != dtype:
-        raise TypeError(f"Certificate.{name} must have dtype {dtype}, got {t.dtype}")
+        raise InputTypeError(f"Certificate.{name} must have dtype {dtype}, got {t.dtype}")
     if tuple(t.shape) != shape:
-        raise ValueError(f"Certificate.{name} must have shape {list(shape)}, got "
+        raise InputError(f"Certificate.{name} must have shape {list(shape)}, got "
                          f"{list(t.shape)}")
     return t.detach().cpu()
 
 
 def _check_radii(r: torch.Tensor, name: str, abstained: torch.Tensor, norm: str) -> None:
     if not torch.isfinite(r).all() or (r < 0).any():
-        raise ValueError(f"Certificate.{name} must be finite and >= 0")
+        raise InputError(f"Certificate.{name} must be finite and >= 0")
     if (r[abstained] != 0).any():
-        raise ValueError(f"an abstaining example must have {name} 0")
+        raise InputError(f"an abstaining example must have {name} 0")
     if norm == "l0" and (r != r.floor()).any():
-        raise ValueError(f"an l0 {name} counts modified elements; it must be a whole number")
+        raise InputError(f"an l0 {name} counts modified elements; it must be a whole number")
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,47 +81,47 @@ class Certificate(TensorRecord):
         p = self.prediction
         if not isinstance(p, torch.Tensor) or p.dtype != torch.int64 or p.dim() != 1:
             got = f"{p.dtype} {list(p.shape)}" if isinstance(p, torch.Tensor) else type(p).__name__
-            raise TypeError(f"Certificate.prediction must be int64 of shape [N], got {got}")
+            raise InputTypeError(f"Certificate.prediction must be int64 of shape [N], got {got}")
         n = p.shape[0]
         set_ = object.__setattr__
         set_(self, "prediction", p.detach().cpu())
         set_(self, "abstained", _check(self.abstained, "abstained", torch.bool, (n,)))
         set_(self, "radius", _check(self.radius, "radius", torch.float64, (n,)))
         if self.norm not in CERT_NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; valid: {', '.join(CERT_NORMS)}")
+            raise InputError(f"unknown norm {self.norm!r}; valid: {', '.join(CERT_NORMS)}")
         if not isinstance(self.method, str) or not self.method:
-            raise ValueError("Certificate.method must be a non-empty name")
+            raise InputError("Certificate.method must be a non-empty name")
         _check_radii(self.radius, "radius", self.abstained, self.norm)
         for name in ("labels", "index"):
             t = getattr(self, name)
             if t is not None:
                 set_(self, name, _check(t, name, torch.int64, (n,)))
         if not isinstance(self.params, Mapping) or not isinstance(self.extra, Mapping):
-            raise TypeError("Certificate.params and Certificate.extra must be dicts")
+            raise InputTypeError("Certificate.params and Certificate.extra must be dicts")
         set_(self, "params", dict(self.params))
         extra: dict[str, torch.Tensor] = {}
         for k, v in self.extra.items():
             if not isinstance(v, torch.Tensor) or v.dim() < 1 or v.shape[0] != n:
                 got = list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-                raise ValueError(f"Certificate.extra[{k!r}] must be a tensor with {n} rows "
+                raise InputError(f"Certificate.extra[{k!r}] must be a tensor with {n} rows "
                                  f"(one per example), got {got}")
             extra[str(k)] = v.detach().cpu()
         set_(self, "extra", extra)
         if isinstance(self.modalities, str):
-            raise TypeError("Certificate.modalities must be a sequence of names, not a str")
+            raise InputTypeError("Certificate.modalities must be a sequence of names, not a str")
         mods = tuple(self.modalities)
         set_(self, "modalities", mods)
         if not all(isinstance(m, str) and m for m in mods) or len(set(mods)) != len(mods):
-            raise ValueError(f"Certificate.modalities must be distinct names, got {mods}")
+            raise InputError(f"Certificate.modalities must be distinct names, got {mods}")
         m = self.modality_radius
         if m is None:
             if mods:
-                raise ValueError("modalities given without modality_radius")
+                raise InputError("modalities given without modality_radius")
             return
         if not mods:
-            raise ValueError("modality_radius given without modalities (one name per column)")
+            raise InputError("modality_radius given without modalities (one name per column)")
         if isinstance(m, torch.Tensor) and m.dim() != 2:
-            raise ValueError(f"modality_radius must have shape [{n}, {len(mods)}] (one column "
+            raise InputError(f"modality_radius must have shape [{n}, {len(mods)}] (one column "
                              f"per name in modalities), got {list(m.shape)}")
         set_(self, "modality_radius", _check(m, "modality_radius", torch.float64,
                                              (n, len(mods))))
@@ -138,20 +139,20 @@ class Certificate(TensorRecord):
         examples in order.
         """
         if not certs:
-            raise ValueError("nothing to concatenate")
+            raise InputError("nothing to concatenate")
         first = certs[0]
         for c in certs[1:]:
             if (c.norm, c.method, c.params, c.modalities) != (
                 first.norm, first.method, first.params, first.modalities
             ):
-                raise ValueError("can only concatenate certificates of the same certifier "
+                raise InputError("can only concatenate certificates of the same certifier "
                                  "(norm, method, params and modalities must agree)")
             if set(c.extra) != set(first.extra):
-                raise ValueError(f"certificates with extra keys {sorted(first.extra)} and "
+                raise InputError(f"certificates with extra keys {sorted(first.extra)} and "
                                  f"{sorted(c.extra)} cannot be concatenated")
             for name in ("labels", "index", "modality_radius"):
                 if (getattr(c, name) is None) != (getattr(first, name) is None):
-                    raise ValueError(f"some certificates have {name} and others do not")
+                    raise InputError(f"some certificates have {name} and others do not")
 
         def cat(name: str) -> torch.Tensor | None:
             if getattr(first, name) is None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from bastion.errors import InputError, InputTypeError
 from bastion.records.io import TensorRecord, record_from_dict
 from bastion.types import NORMS, Norm
 
@@ -36,22 +37,22 @@ def _within(pert: torch.Tensor, eps: float) -> torch.Tensor:
 def _vector(t: Any, name: str, dtype: torch.dtype, n: int | None) -> torch.Tensor:
     """``t`` on the CPU after checking it is a 1-D ``dtype`` tensor of ``n`` entries."""
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D of shape [N], got shape {tuple(t.shape)}")
+        raise InputError(f"{name} must be 1-D of shape [N], got shape {tuple(t.shape)}")
     if t.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
+        raise InputTypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
     if n is not None and t.shape[0] != n:
-        raise ValueError(f"{name} has {t.shape[0]} entries for {n} points")
+        raise InputError(f"{name} has {t.shape[0]} entries for {n} points")
     return t.detach().cpu()
 
 
 def _radius(eps: Any, name: str = "eps") -> float:
     if isinstance(eps, bool) or not isinstance(eps, int | float):
-        raise TypeError(f"{name} must be a number, got {eps!r}")
+        raise InputTypeError(f"{name} must be a number, got {eps!r}")
     r = float(eps)
     if math.isnan(r) or r < 0:
-        raise ValueError(f"{name} must be >= 0 (inf for a minimal attack), got {eps!r}")
+        raise InputError(f"{name} must be >= 0 (inf for a minimal attack), got {eps!r}")
     return r
 
 
@@ -89,9 +90,9 @@ class AttackOutcome(TensorRecord):
 
     def __post_init__(self) -> None:
         if not isinstance(self.attack, str) or not self.attack:
-            raise ValueError("AttackOutcome.attack must be a non-empty name")
+            raise InputError("AttackOutcome.attack must be a non-empty name")
         if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}")
+            raise InputError(f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}")
         eps = _radius(self.eps)
         object.__setattr__(self, "eps", eps)
         adv = _vector(self.adv_pred, "adv_pred", torch.int64, None)
@@ -99,16 +100,16 @@ class AttackOutcome(TensorRecord):
         object.__setattr__(self, "adv_pred", adv)
         object.__setattr__(self, "perturbation", p)
         if not torch.isfinite(p).all() or (p < 0).any():
-            raise ValueError(f"{self.attack}: perturbations must be finite and >= 0")
+            raise InputError(f"{self.attack}: perturbations must be finite and >= 0")
         if not _within(p, eps).all():
             worst = float(p.max())
-            raise ValueError(f"{self.attack}: a perturbation of {worst:.6g} exceeds eps {eps:g}")
+            raise InputError(f"{self.attack}: a perturbation of {worst:.6g} exceeds eps {eps:g}")
         if not isinstance(self.params, Mapping):
-            raise TypeError(f"AttackOutcome.params must be a dict, got {type(self.params)}")
+            raise InputTypeError(f"AttackOutcome.params must be a dict, got {type(self.params)}")
         object.__setattr__(self, "params", dict(self.params))
         s = self.seconds
         if isinstance(s, bool) or not isinstance(s, int | float) or not (0 <= s < math.inf):
-            raise ValueError(f"AttackOutcome.seconds must be a finite number >= 0, got {s!r}")
+            raise InputError(f"AttackOutcome.seconds must be a finite number >= 0, got {s!r}")
         object.__setattr__(self, "seconds", float(s))
 
     def __len__(self) -> int:
@@ -161,29 +162,29 @@ class EvalResult(TensorRecord):
         clean = _vector(self.clean_pred, "clean_pred", torch.int64, n)
         object.__setattr__(self, "clean_pred", clean)
         if isinstance(self.outcomes, AttackOutcome | Mapping):
-            raise TypeError("EvalResult.outcomes must be a sequence of AttackOutcome")
+            raise InputTypeError("EvalResult.outcomes must be a sequence of AttackOutcome")
         outs = tuple(o if isinstance(o, AttackOutcome) else AttackOutcome.from_dict(o)
                      for o in self.outcomes)
         object.__setattr__(self, "outcomes", outs)
         if not isinstance(self.params, Mapping):
-            raise TypeError(f"EvalResult.params must be a dict, got {type(self.params)}")
+            raise InputTypeError(f"EvalResult.params must be a dict, got {type(self.params)}")
         object.__setattr__(self, "params", dict(self.params))
         wrong = clean != labels
         for o in outs:
             what = f"{o.attack} ({o.norm}, eps {o.eps:g})"
             if len(o) != n:
-                raise ValueError(f"{what} covers {len(o)} points, not {n}")
+                raise InputError(f"{what} covers {len(o)} points, not {n}")
             fixed = wrong & (o.adv_pred == labels)
             if fixed.any():
                 i = int(fixed.nonzero()[0, 0])
-                raise ValueError(
+                raise InputError(
                     f"{what}: point {int(self.index[i])} is correct after the attack but "
                     "wrong when clean; attacks must leave misclassified points as they are"
                 )
             moved = wrong & ((o.adv_pred != clean) | (o.perturbation != 0))
             if moved.any():
                 i = int(moved.nonzero()[0, 0])
-                raise ValueError(
+                raise InputError(
                     f"{what}: point {int(self.index[i])} is misclassified when clean but was "
                     f"attacked (prediction {int(clean[i])} -> {int(o.adv_pred[i])}, "
                     f"perturbation {float(o.perturbation[i]):.6g}); its adversarial point "
@@ -213,7 +214,7 @@ class EvalResult(TensorRecord):
         found = self.select(attack=attack, norm=norm, eps=eps)
         if len(found) != 1:
             have = [(o.attack, o.norm, o.eps) for o in self.outcomes]
-            raise ValueError(f"{len(found)} outcomes match attack={attack!r} norm={norm!r} "
+            raise InputError(f"{len(found)} outcomes match attack={attack!r} norm={norm!r} "
                              f"eps={eps!r}; the record has {have}")
         return found[0]
 
@@ -222,11 +223,11 @@ class EvalResult(TensorRecord):
         cands = self.select(attack=attack, norm=norm)
         if not cands:
             have = [(o.attack, o.norm, o.eps) for o in self.outcomes]
-            raise ValueError(f"no outcome for attack={attack!r} norm={norm!r}; the record "
+            raise InputError(f"no outcome for attack={attack!r} norm={norm!r}; the record "
                              f"has {have}")
         norms = {o.norm for o in cands}
         if len(norms) > 1:
-            raise ValueError(f"outcomes of several norms {sorted(norms)}: pass norm")
+            raise InputError(f"outcomes of several norms {sorted(norms)}: pass norm")
         return norms.pop(), cands
 
     def adv_correct(
@@ -248,7 +249,7 @@ class EvalResult(TensorRecord):
         if eps is None:
             finite = {o.eps for o in cands if math.isfinite(o.eps)}
             if len(finite) > 1:
-                raise ValueError(f"outcomes at radii {sorted(finite)}: pass eps")
+                raise InputError(f"outcomes at radii {sorted(finite)}: pass eps")
             r = finite.pop() if finite else math.inf
         else:
             r = _radius(eps)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from bastion.errors import InputError, InputTypeError
+
 MEASURED_KEYS: tuple[str, ...] = (
     "test_clean_acc", "test_robust_acc", "train_clean_acc", "train_robust_acc",
 )
@@ -18,7 +20,7 @@ _FIXED = ("epoch", "lr", "train_seconds", "seconds", "best_so_far")
 
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {value!r}")
+        raise InputTypeError(f"{name} must be a number, got {value!r}")
     return float(value)
 
 
@@ -48,32 +50,32 @@ class EpochRecord:
 
     def __post_init__(self) -> None:
         if isinstance(self.epoch, bool) or not isinstance(self.epoch, int) or self.epoch < 1:
-            raise ValueError(f"epoch must be an int >= 1, got {self.epoch!r}")
+            raise InputError(f"epoch must be an int >= 1, got {self.epoch!r}")
         if not _number(self.lr, "lr") >= 0:
-            raise ValueError(f"lr must be >= 0, got {self.lr!r}")
+            raise InputError(f"lr must be >= 0, got {self.lr!r}")
         for name in ("train_seconds", "seconds"):
             if not _number(getattr(self, name), name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         best = _number(self.best_so_far, "best_so_far")
         if not (best == float("-inf") or 0.0 <= best <= 1.0):
-            raise ValueError(f"best_so_far is an accuracy in [0, 1] (or -inf before any "
+            raise InputError(f"best_so_far is an accuracy in [0, 1] (or -inf before any "
                              f"score), got {self.best_so_far!r}")
         if not isinstance(self.train, Mapping) or not isinstance(self.measured, Mapping):
-            raise TypeError("EpochRecord.train and EpochRecord.measured must be dicts")
+            raise InputTypeError("EpochRecord.train and EpochRecord.measured must be dicts")
         for k, v in self.train.items():
             if not isinstance(k, str) or not k.startswith("train_") or k in _FIXED:
-                raise ValueError(f"train log key {k!r} must start with 'train_' and not be "
+                raise InputError(f"train log key {k!r} must start with 'train_' and not be "
                                  f"one of {_FIXED}")
             if k in MEASURED_KEYS:
-                raise ValueError(f"train log key {k!r} is the name of a measured accuracy "
+                raise InputError(f"train log key {k!r} is the name of a measured accuracy "
                                  f"({', '.join(MEASURED_KEYS)}); methods may not log "
                                  "'clean_acc' or 'robust_acc' (records.step.RESERVED_LOGS)")
             _number(v, k)
         for k, v in self.measured.items():
             if k not in MEASURED_KEYS:
-                raise ValueError(f"unknown measured key {k!r}; valid: {', '.join(MEASURED_KEYS)}")
+                raise InputError(f"unknown measured key {k!r}; valid: {', '.join(MEASURED_KEYS)}")
             if not 0.0 <= _number(v, k) <= 1.0:
-                raise ValueError(f"{k} is an accuracy in [0, 1], got {v!r}")
+                raise InputError(f"{k} is an accuracy in [0, 1], got {v!r}")
         object.__setattr__(self, "train", MappingProxyType(dict(self.train)))
         object.__setattr__(self, "measured", MappingProxyType(dict(self.measured)))
 
@@ -108,12 +110,12 @@ class EpochRecord:
         batch average under ``train_clean_acc``; it is read back as measured.
         """
         if not isinstance(data, Mapping):
-            raise TypeError(f"an epoch record must be a JSON object, got {data!r}")
+            raise InputTypeError(f"an epoch record must be a JSON object, got {data!r}")
         rest = {k: v for k, v in data.items() if k not in _FIXED}
         measured = {k: v for k, v in rest.items() if k in MEASURED_KEYS}
         train = {k: v for k, v in rest.items() if k not in MEASURED_KEYS}
         if "epoch" not in data:
-            raise ValueError(f"an epoch record needs an 'epoch' key, got {sorted(data)}")
+            raise InputError(f"an epoch record needs an 'epoch' key, got {sorted(data)}")
         return cls(
             epoch=data["epoch"], lr=data.get("lr", 0.0), train=train, measured=measured,
             train_seconds=data.get("train_seconds", 0.0), seconds=data.get("seconds", 0.0),
@@ -137,10 +139,10 @@ class History:
                      for e in self.epochs)
         nums = [e.epoch for e in recs]
         if nums != list(range(1, len(nums) + 1)):
-            raise ValueError(f"epochs must be numbered 1, 2, ... consecutively, got {nums}")
+            raise InputError(f"epochs must be numbered 1, 2, ... consecutively, got {nums}")
         for a, b in zip(recs, recs[1:], strict=False):
             if b.best_so_far < a.best_so_far:
-                raise ValueError(f"best_so_far fell from {a.best_so_far} (epoch {a.epoch}) to "
+                raise InputError(f"best_so_far fell from {a.best_so_far} (epoch {a.epoch}) to "
                                  f"{b.best_so_far} (epoch {b.epoch}); it is a running maximum")
         object.__setattr__(self, "epochs", recs)
 
@@ -156,7 +158,7 @@ class History:
         """A new history with ``record`` added at the end."""
         last = self.epochs[-1].epoch if self.epochs else 0
         if record.epoch != last + 1:
-            raise ValueError(f"epoch {record.epoch} cannot follow epoch {last}; expected "
+            raise InputError(f"epoch {record.epoch} cannot follow epoch {last}; expected "
                              f"epoch {last + 1}")
         return History((*self.epochs, record))
 
@@ -184,9 +186,9 @@ class History:
         """Inverse of ``to_dict``."""
         tag = data.get("record")
         if tag is not None and tag != cls.__name__:
-            raise ValueError(f"expected a {cls.__name__} record, got {tag!r}")
+            raise InputError(f"expected a {cls.__name__} record, got {tag!r}")
         unknown = set(data) - {"record", "epochs"}
         if unknown:
-            raise ValueError(f"unknown fields for History: {sorted(unknown)}")
+            raise InputError(f"unknown fields for History: {sorted(unknown)}")
         return cls.of(data.get("epochs", []))
 

@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from bastion.errors import InputError, InputTypeError
+
 T = TypeVar("T")
 
 _DTYPES = {
@@ -42,7 +44,7 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu()
         if str(t.dtype) not in _DTYPES:
-            raise TypeError(f"cannot write a {t.dtype} tensor as JSON; supported dtypes: "
+            raise InputTypeError(f"cannot write a {t.dtype} tensor as JSON; supported dtypes: "
                             f"{', '.join(_DTYPES)}")
         return {"__tensor__": str(t.dtype), "shape": list(t.shape), "data": t.flatten().tolist()}
     if isinstance(value, Mapping):
@@ -61,7 +63,7 @@ def from_jsonable(value: Any) -> Any:
         if "__tensor__" in value:
             name = value["__tensor__"]
             if name not in _DTYPES:
-                raise ValueError(f"unknown tensor dtype {name!r} in a record")
+                raise InputError(f"unknown tensor dtype {name!r} in a record")
             return torch.tensor(value["data"], dtype=_DTYPES[name]).reshape(value["shape"])
         return {k: from_jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -82,15 +84,15 @@ def record_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     ``cls`` does not know.
     """
     if not isinstance(data, Mapping):
-        raise TypeError(f"a {cls.__name__} record must be a JSON object, got "
+        raise InputTypeError(f"a {cls.__name__} record must be a JSON object, got "
                         f"{type(data).__name__}")
     tag = data.get("record")
     if tag is not None and tag != cls.__name__:
-        raise ValueError(f"expected a {cls.__name__} record, got {tag!r}")
+        raise InputError(f"expected a {cls.__name__} record, got {tag!r}")
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(data) - names - {"record"}
     if unknown:
-        raise ValueError(f"unknown fields for {cls.__name__}: {sorted(unknown)}")
+        raise InputError(f"unknown fields for {cls.__name__}: {sorted(unknown)}")
     return cls(**{k: from_jsonable(v) for k, v in data.items() if k in names})
 
 
@@ -125,7 +127,7 @@ def save_record(path: str | os.PathLike, record: Any) -> None:
     ``load_record(type(record), path)`` reads back an equal record.
     """
     if not dataclasses.is_dataclass(record) or isinstance(record, type):
-        raise TypeError(f"save_record takes a record (a dataclass instance), got "
+        raise InputTypeError(f"save_record takes a record (a dataclass instance), got "
                         f"{type(record).__name__}")
     to_dict = getattr(record, "to_dict", None)
     data = to_dict() if to_dict is not None else record_to_dict(record)

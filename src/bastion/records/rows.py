@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from bastion.errors import InputError, InputTypeError
+
 _CORE = ("index", "label", "prediction", "radius", "correct", "abstained", "seconds")
 
 
 def _int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"row field {name!r} must be an int, got {value!r}")
+        raise InputTypeError(f"row field {name!r} must be an int, got {value!r}")
     return value
 
 
@@ -56,31 +58,31 @@ class CertificationRow:
 
     def __post_init__(self) -> None:
         if _int(self.index, "index") < 0:
-            raise ValueError(f"row index must be >= 0, got {self.index}")
+            raise InputError(f"row index must be >= 0, got {self.index}")
         _int(self.label, "label")
         _int(self.prediction, "prediction")
         if not isinstance(self.abstained, bool):
-            raise TypeError(f"row field 'abstained' must be a bool, got {self.abstained!r}")
+            raise InputTypeError(f"row field 'abstained' must be a bool, got {self.abstained!r}")
         r = self.radius
         if isinstance(r, bool) or not isinstance(r, int | float) or not math.isfinite(r) or r < 0:
-            raise ValueError(f"row radius must be a finite number >= 0, got {r!r}")
+            raise InputError(f"row radius must be a finite number >= 0, got {r!r}")
         if self.abstained and r != 0:
-            raise ValueError(f"input {self.index} abstained with radius {r}; it must be 0")
+            raise InputError(f"input {self.index} abstained with radius {r}; it must be 0")
         s = self.seconds
         if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s < math.inf:
-            raise ValueError(f"row seconds must be a finite number >= 0, got {s!r}")
+            raise InputError(f"row seconds must be a finite number >= 0, got {s!r}")
         if not isinstance(self.details, Mapping):
-            raise TypeError(f"row details must be a dict, got {type(self.details).__name__}")
+            raise InputTypeError(f"row details must be a dict, got {type(self.details).__name__}")
         bad_keys = [k for k in self.details if not isinstance(k, str)]
         if bad_keys:
-            raise TypeError(f"row details keys must be strings, got {bad_keys}")
+            raise InputTypeError(f"row details keys must be strings, got {bad_keys}")
         clash = set(self.details) & {*_CORE, "record"}
         if clash:
-            raise ValueError(f"row details may not redefine core fields {sorted(clash)}")
+            raise InputError(f"row details may not redefine core fields {sorted(clash)}")
         try:
             json.dumps(dict(self.details), allow_nan=False)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"row details of input {self.index} are not JSON-safe: {e}") from None
+            raise InputError(f"row details of input {self.index} are not JSON-safe: {e}") from None
         object.__setattr__(self, "radius", float(r))
         object.__setattr__(self, "details", MappingProxyType(dict(self.details)))
 
@@ -110,7 +112,7 @@ class CertificationRow:
         """Inverse of ``to_dict`` (``from_json`` with the tag checked and dropped)."""
         tag = data.get("record")
         if tag is not None and tag != cls.__name__:
-            raise ValueError(f"expected a {cls.__name__} record, got {tag!r}")
+            raise InputError(f"expected a {cls.__name__} record, got {tag!r}")
         return cls.from_json({k: v for k, v in data.items() if k != "record"})
 
     @classmethod
@@ -122,10 +124,10 @@ class CertificationRow:
     def from_json(cls, data: Mapping[str, Any]) -> CertificationRow:
         """Parse a row dict; its ``correct`` field, if any, must agree with the others."""
         if not isinstance(data, Mapping):
-            raise TypeError(f"a certification row must be a JSON object, got {data!r}")
+            raise InputTypeError(f"a certification row must be a JSON object, got {data!r}")
         missing = [k for k in _CORE if k not in ("correct", "seconds") and k not in data]
         if missing:
-            raise ValueError(f"certification row lacks {missing}: {dict(data)}")
+            raise InputError(f"certification row lacks {missing}: {dict(data)}")
         row = cls(
             index=data["index"], label=data["label"], prediction=data["prediction"],
             radius=data["radius"], abstained=data["abstained"],
@@ -134,6 +136,6 @@ class CertificationRow:
         )
         if "correct" in data and (not isinstance(data["correct"], bool)
                                   or data["correct"] != row.correct):
-            raise ValueError(f"row of input {row.index} says correct={data['correct']} but "
+            raise InputError(f"row of input {row.index} says correct={data['correct']} but "
                              f"its prediction, label and abstention say {row.correct}")
         return row

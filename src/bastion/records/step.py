@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from bastion.errors import InputError, InputTypeError
+
 RESERVED_LOGS: tuple[str, ...] = ("clean_acc", "robust_acc")
 """Log names a method may not use: ``train_clean_acc``/``train_robust_acc`` in a history
 are the accuracies ``fit``'s evaluation measures on fixed training points."""
@@ -29,12 +31,12 @@ class StepOutput:
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, torch.Tensor) or self.loss.dim() != 0:
-            raise ValueError("StepOutput.loss must be a scalar tensor")
+            raise InputError("StepOutput.loss must be a scalar tensor")
         for k, v in self.logs.items():
             if not isinstance(k, str):
-                raise TypeError(f"StepOutput.logs keys must be strings, got {k!r}")
+                raise InputTypeError(f"StepOutput.logs keys must be strings, got {k!r}")
             if k in RESERVED_LOGS:
-                raise ValueError(
+                raise InputError(
                     f"StepOutput.logs key {k!r} is reserved: the loop records the accuracy "
                     f"it measures on fixed points as 'train_{k}'; name a batch accuracy "
                     "differently (e.g. 'nat_acc', 'adv_acc')"
@@ -42,7 +44,7 @@ class StepOutput:
             scalar = (v.numel() == 1 if isinstance(v, torch.Tensor)
                       else isinstance(v, int | float) and not isinstance(v, bool))
             if not scalar:
-                raise TypeError(f"StepOutput.logs[{k!r}] must be a scalar tensor or a float, "
+                raise InputTypeError(f"StepOutput.logs[{k!r}] must be a scalar tensor or a float, "
                                 f"got {v!r}")
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from bastion._torch import model_mode, unwrap
 from bastion._validate import check_choice, check_radius
 from bastion.attacks.threat import ThreatModel, init_threat
+from bastion.errors import InputError
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
 
@@ -79,7 +80,7 @@ class CATState:
 
     def __post_init__(self) -> None:
         if not isinstance(self.eps, torch.Tensor) or self.eps.dim() != 1:
-            raise ValueError("CATState.eps must be a vector [dataset_size]")
+            raise InputError("CATState.eps must be a vector [dataset_size]")
 
     def state_dict(self) -> dict[str, Any]:
         """``{"eps": radii [dataset_size] on the CPU, "num_classes": K}`` (K once known)."""
@@ -92,9 +93,9 @@ class CATState:
         """Restore the radii (and K) in place; the number of radii must match."""
         eps = torch.as_tensor(state["eps"], dtype=torch.float32)
         if eps.dim() != 1:
-            raise ValueError(f"CAT state 'eps' must be a vector, got shape {tuple(eps.shape)}")
+            raise InputError(f"CAT state 'eps' must be a vector, got shape {tuple(eps.shape)}")
         if self.eps.shape != eps.shape:
-            raise ValueError(
+            raise InputError(
                 f"CAT state has {eps.shape[0]} radii but the dataset has "
                 f"{self.eps.shape[0]} examples"
             )
@@ -188,19 +189,19 @@ class CAT:
         init_threat(self)
         check_choice(self.smoothing, SMOOTHINGS, "CAT smoothing")
         if not self.eps_max > 0:
-            raise ValueError(f"eps_max (threat.eps) must be > 0, got {self.eps_max}")
+            raise InputError(f"eps_max (threat.eps) must be > 0, got {self.eps_max}")
         check_radius(self.eps_init, "eps_init", upper=self.eps_max)
         if not (math.isfinite(self.eta) and self.eta > 0):
-            raise ValueError(f"eta must be a finite number > 0, got {self.eta}")
+            raise InputError(f"eta must be a finite number > 0, got {self.eta}")
         if not (math.isfinite(self.c) and self.c >= 0):
-            raise ValueError(f"c must be a finite number >= 0, got {self.c}")
+            raise InputError(f"c must be a finite number >= 0, got {self.c}")
         if self.c * self.eps_max > 0.5:
-            raise ValueError(
+            raise InputError(
                 f"c * eps_max = {self.c * self.eps_max:.4g} > 0.5 (eps_max is threat.eps): "
                 "the smoothed label could rank another class above the true one; lower c"
             )
         if not (math.isfinite(self.step_size_ratio) and self.step_size_ratio > 0):
-            raise ValueError(f"step_size_ratio must be > 0, got {self.step_size_ratio}")
+            raise InputError(f"step_size_ratio must be > 0, got {self.step_size_ratio}")
 
     @property
     def eps_max(self) -> float:
@@ -211,7 +212,7 @@ class CAT:
     def init_state(self, dataset_size: int, device: torch.device | str | None = None) -> CATState:
         """The radii of a training set of ``dataset_size`` examples, all at ``eps_init``."""
         if not isinstance(dataset_size, int) or dataset_size < 1:
-            raise ValueError(f"dataset_size must be an int >= 1, got {dataset_size!r}")
+            raise InputError(f"dataset_size must be an int >= 1, got {dataset_size!r}")
         return CATState(eps=torch.full((dataset_size,), float(self.eps_init),
                                        dtype=torch.float32, device=device))
 
@@ -229,17 +230,17 @@ class CAT:
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext | None = None
     ) -> StepOutput:
         if ctx is None or ctx.index is None:
-            raise ValueError("CAT keeps a radius per example and needs ctx.index (use fit)")
+            raise InputError("CAT keeps a radius per example and needs ctx.index (use fit)")
         state = ctx.state
         if not isinstance(state, CATState):
-            raise ValueError(
+            raise InputError(
                 "CAT needs its radii in ctx.state: state = cat.init_state(dataset_size, "
                 f"device) (fit does this); got {type(state).__name__}"
             )
         store = state.eps
         idx = ctx.index.to(store.device)
         if idx.shape != y.shape:
-            raise ValueError(f"ctx.index has shape {tuple(idx.shape)}, labels {tuple(y.shape)}")
+            raise InputError(f"ctx.index has shape {tuple(idx.shape)}, labels {tuple(y.shape)}")
         gen = ctx.generator
         t = self.threat
         eps_old = store[idx].to(device=x.device, dtype=x.dtype)

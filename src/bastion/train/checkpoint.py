@@ -27,6 +27,7 @@ from typing import Any, Literal
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bastion.errors import InputError
 from bastion.records.io import atomic_write_json
 from bastion.train.state_io import join_state, split_state
 
@@ -91,7 +92,7 @@ def _prune(ckdir: Path) -> None:
 def checkpoint_dir(run_dir: str | os.PathLike, which: Which = "last") -> Path | None:
     """The folder of the ``last`` or ``best`` checkpoint, or None if there is none."""
     if which not in ("last", "best"):
-        raise ValueError(f"unknown checkpoint {which!r}; valid: 'last', 'best'")
+        raise InputError(f"unknown checkpoint {which!r}; valid: 'last', 'best'")
     pointer = Path(run_dir) / "checkpoints" / f"{which}.json"
     if not pointer.exists():
         return None

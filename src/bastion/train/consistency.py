@@ -13,6 +13,7 @@ from torch import nn
 from bastion._validate import check_choice
 from bastion.attacks.core import AttackResult
 from bastion.attacks.threat import ThreatModel, init_threat
+from bastion.errors import InputError
 from bastion.losses.consistency import js_divergence
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
@@ -53,9 +54,9 @@ def random_crop_flip(
         torch.Size([3, 1, 8, 8])
     """
     if x.dim() != 4:
-        raise ValueError(f"x must be an NCHW batch, got shape {tuple(x.shape)}")
+        raise InputError(f"x must be an NCHW batch, got shape {tuple(x.shape)}")
     if not isinstance(pad, int) or pad < 0:
-        raise ValueError(f"pad must be an int >= 0, got {pad!r}")
+        raise InputError(f"pad must be an int >= 0, got {pad!r}")
     n, _, h, w = x.shape
     out = x
     if crop and pad > 0:
@@ -132,12 +133,12 @@ class Consistency:
         init_threat(self)
         if not (isinstance(self.lambda_, int | float) and math.isfinite(self.lambda_)
                 and self.lambda_ >= 0):
-            raise ValueError(f"lambda_ must be a finite number >= 0, got {self.lambda_!r}")
+            raise InputError(f"lambda_ must be a finite number >= 0, got {self.lambda_!r}")
         if not (isinstance(self.tau, int | float) and math.isfinite(self.tau) and self.tau > 0):
-            raise ValueError(f"tau must be a finite number > 0, got {self.tau!r}")
+            raise InputError(f"tau must be a finite number > 0, got {self.tau!r}")
         check_choice(self.augment, AUGMENTS, "augment")
         if not isinstance(self.pad, int) or self.pad < 0:
-            raise ValueError(f"pad must be an int >= 0, got {self.pad!r}")
+            raise InputError(f"pad must be an int >= 0, got {self.pad!r}")
 
     def views(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The two augmented views of ``x`` stacked as one batch [2N, C, H, W]."""

@@ -11,6 +11,7 @@ from torch import nn
 
 from bastion._torch import model_mode, unwrap
 from bastion._validate import check_choice
+from bastion.errors import InputError
 from bastion.losses.cure import DIRECTIONS, Direction, curvature_penalty
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
@@ -74,16 +75,16 @@ class CURE:
     def __post_init__(self) -> None:
         if not (isinstance(self.lambda_, int | float) and math.isfinite(self.lambda_)
                 and self.lambda_ >= 0):
-            raise ValueError(f"lambda_ must be a finite number >= 0, got {self.lambda_!r}")
+            raise InputError(f"lambda_ must be a finite number >= 0, got {self.lambda_!r}")
         if not (isinstance(self.h, int | float) and math.isfinite(self.h) and self.h > 0):
-            raise ValueError(f"h must be a finite number > 0, got {self.h!r}")
+            raise InputError(f"h must be a finite number > 0, got {self.h!r}")
         check_choice(self.direction, DIRECTIONS, "CURE direction")
         if not isinstance(self.draws, int) or self.draws < 1:
-            raise ValueError(f"draws must be an int >= 1, got {self.draws!r}")
+            raise InputError(f"draws must be an int >= 1, got {self.draws!r}")
         if self.draws > 1 and self.direction != "gaussian":
-            raise ValueError("draws > 1 only applies to direction='gaussian'")
+            raise InputError("draws > 1 only applies to direction='gaussian'")
         if not isinstance(self.h_warmup_epochs, int) or self.h_warmup_epochs < 0:
-            raise ValueError(f"h_warmup_epochs must be an int >= 0, got "
+            raise InputError(f"h_warmup_epochs must be an int >= 0, got "
                              f"{self.h_warmup_epochs!r}")
 
     def step_h(self, epoch: int) -> float:

@@ -10,6 +10,7 @@ from torch import nn
 
 from bastion.attacks.evaluate import evaluate_attack, predict
 from bastion.attacks.spec import AttackSpec
+from bastion.errors import InputError
 
 
 class TensorData(Protocol):
@@ -42,9 +43,9 @@ class EvalPlan:
         for name in ("n_test", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"EvalPlan.{name} must be an int >= 1, got {v!r}")
+                raise InputError(f"EvalPlan.{name} must be an int >= 1, got {v!r}")
         if not isinstance(self.n_train, int) or self.n_train < 0:
-            raise ValueError(f"EvalPlan.n_train must be an int >= 0, got {self.n_train!r}")
+            raise InputError(f"EvalPlan.n_train must be an int >= 0, got {self.n_train!r}")
 
 
 def _measure(model: nn.Module, data: TensorData, n: int, plan: EvalPlan,
@@ -68,7 +69,7 @@ def per_epoch_evaluation(
     only with ``plan.n_train > 0`` and ``train_data``).
     """
     if plan.n_train and train_data is None:
-        raise ValueError("EvalPlan.n_train > 0 needs train_data")
+        raise InputError("EvalPlan.n_train > 0 needs train_data")
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         out = _measure(model, test_data, plan.n_test, plan, "test")

@@ -18,6 +18,7 @@ from bastion._validate import check_choice
 from bastion.attacks.core import clip_to_ball_and_box, perturbation_norm
 from bastion.attacks.minimal import fmn
 from bastion.attacks.threat import ThreatModel, init_threat
+from bastion.errors import InputError
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
 
@@ -89,31 +90,31 @@ class FAT:
         check_choice(self.attack, FAT_ATTACKS, "FAT attack")
         init_threat(self)
         if not self.threat.eps > 0:
-            raise ValueError(f"eps must be > 0, got {self.threat.eps}")
+            raise InputError(f"eps must be > 0, got {self.threat.eps}")
         if not isinstance(self.tau, int) or self.tau < 0:
-            raise ValueError(f"tau must be an int >= 0, got {self.tau!r}")
+            raise InputError(f"tau must be an int >= 0, got {self.tau!r}")
         if self.init_std is not None and not self.init_std > 0:
-            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+            raise InputError(f"init_std must be > 0, got {self.init_std}")
         if self.tau_schedule is not None:
             # YAML gives lists; store the schedule as a tuple of (float, int) pairs.
             try:
                 sched = tuple((float(f), t) for f, t in self.tau_schedule)
             except (TypeError, ValueError) as e:
-                raise ValueError(
+                raise InputError(
                     "tau_schedule must be a sequence of (fraction, tau) pairs, got "
                     f"{self.tau_schedule!r}"
                 ) from e
             if not sched or sched[0][0] != 0.0:
-                raise ValueError(f"tau_schedule must start at fraction 0.0, got {sched!r}")
+                raise InputError(f"tau_schedule must start at fraction 0.0, got {sched!r}")
             fracs = [f for f, _ in sched]
             if any(b <= a for a, b in zip(fracs, fracs[1:], strict=False)) or fracs[-1] >= 1:
-                raise ValueError(
+                raise InputError(
                     f"tau_schedule fractions must increase strictly within [0, 1), got {fracs}"
                 )
             if any(not isinstance(t, int) or isinstance(t, bool) or t < 0 for _, t in sched):
-                raise ValueError(f"tau_schedule taus must be ints >= 0, got {sched!r}")
+                raise InputError(f"tau_schedule taus must be ints >= 0, got {sched!r}")
             if self.tau != 0:
-                raise ValueError(
+                raise InputError(
                     f"tau={self.tau} would be ignored because tau_schedule is set; pass "
                     "tau_schedule=None for a fixed tau"
                 )
@@ -122,7 +123,7 @@ class FAT:
     def tau_at(self, epoch: int, epochs: int) -> int:
         """The tau in force at 0-based ``epoch`` of a run of ``epochs`` epochs."""
         if epochs < 1 or epoch < 0:
-            raise ValueError(f"need 0 <= epoch and epochs >= 1, got {epoch}, {epochs}")
+            raise InputError(f"need 0 <= epoch and epochs >= 1, got {epoch}, {epochs}")
         if self.tau_schedule is None:
             return self.tau
         progress = epoch / epochs + _FRACTION_SLACK

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bastion._validate import check_choice
+from bastion.errors import InputError
 from bastion.noise import NOISES, NoiseName, from_std
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
@@ -37,7 +38,7 @@ class NoiseAugmentation:
     def __post_init__(self) -> None:
         check_choice(self.noise, NOISES, "noise")
         if not self.sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+            raise InputError(f"sigma must be > 0, got {self.sigma}")
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext | None = None

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from bastion._torch import model_mode
+from bastion.errors import InputError
 from bastion.records import EpochRecord, History, StepContext, StepOutput
 from bastion.records.io import atomic_write_bytes
 from bastion.train.checkpoint import (
@@ -128,10 +129,10 @@ def fit(
         The run's ``History``.
     """
     if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+        raise InputError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     rank, world = _dist()
     if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} must be divisible by the {world} ranks")
+        raise InputError(f"batch_size {batch_size} must be divisible by the {world} ranks")
     device = next(model.parameters()).device
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bastion.errors import InputError
 from bastion.losses.macer import macer_loss
 from bastion.records import StepContext, StepOutput
 
@@ -45,11 +46,11 @@ class MACER:
     def __post_init__(self) -> None:
         for name in ("sigma", "gamma", "beta"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.lam >= 0:
-            raise ValueError(f"lam must be >= 0, got {self.lam}")
+            raise InputError(f"lam must be >= 0, got {self.lam}")
         if not isinstance(self.num_noise, int) or self.num_noise < 1:
-            raise ValueError(f"num_noise must be an int >= 1, got {self.num_noise!r}")
+            raise InputError(f"num_noise must be an int >= 1, got {self.num_noise!r}")
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext | None = None

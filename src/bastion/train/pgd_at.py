@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bastion.attacks.threat import ThreatModel, init_threat
+from bastion.errors import InputError
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
 
@@ -43,7 +44,7 @@ class PGDAT:
     def __post_init__(self) -> None:
         init_threat(self)
         if not 0.0 <= self.clean_weight <= 1.0:
-            raise ValueError(f"clean_weight must be in [0, 1], got {self.clean_weight}")
+            raise InputError(f"clean_weight must be in [0, 1], got {self.clean_weight}")
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext | None = None

@@ -17,6 +17,7 @@ from torch import nn
 
 from bastion._torch import unwrap
 from bastion.attacks.threat import ThreatModel, init_threat
+from bastion.errors import InputError
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
 
@@ -44,7 +45,7 @@ class RegeneratedSet:
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"size must be an int >= 1, got {self.size!r}")
+            raise InputError(f"size must be an int >= 1, got {self.size!r}")
         self.store(self.index, self.examples, self.generated_at)
 
     @classmethod
@@ -57,13 +58,13 @@ class RegeneratedSet:
         """Replace D_adv by ``examples`` of the points ``index``, made at ``generated_at``."""
         index = torch.as_tensor(index, dtype=torch.int64).cpu()
         if index.dim() != 1:
-            raise ValueError(f"index must be a vector, got shape {tuple(index.shape)}")
+            raise InputError(f"index must be a vector, got shape {tuple(index.shape)}")
         if (0 if examples is None else examples.shape[0]) != index.numel():
-            raise ValueError("the stored set has a different number of indices and examples")
+            raise InputError("the stored set has a different number of indices and examples")
         lookup = torch.full((self.size,), -1, dtype=torch.int64)
         if index.numel():
             if int(index.min()) < 0 or int(index.max()) >= self.size:
-                raise ValueError(f"stored indices must lie in [0, {self.size}), got "
+                raise InputError(f"stored indices must lie in [0, {self.size}), got "
                                  f"[{int(index.min())}, {int(index.max())}]")
             lookup[index] = torch.arange(index.numel())
         self.index, self.examples, self.generated_at = index, examples, generated_at
@@ -88,7 +89,7 @@ class RegeneratedSet:
         """Restore a saved set (checkpoints that wrote epoch -1 for "none yet" load too)."""
         size = int(state["size"])
         if size != self.size:
-            raise ValueError(f"saved state is for {size} training points, the dataset has "
+            raise InputError(f"saved state is for {size} training points, the dataset has "
                              f"{self.size}")
         x_adv = state.get("x_adv")
         epoch = state.get("epoch")
@@ -160,14 +161,14 @@ class RegeneratedAT:
     def __post_init__(self) -> None:
         init_threat(self)
         if not self.threat.eps > 0:
-            raise ValueError(f"eps must be > 0, got {self.threat.eps}")
+            raise InputError(f"eps must be > 0, got {self.threat.eps}")
         if not (math.isfinite(self.subset_fraction) and 0 < self.subset_fraction <= 1):
-            raise ValueError(f"subset_fraction must be in (0, 1], got {self.subset_fraction}")
+            raise InputError(f"subset_fraction must be in (0, 1], got {self.subset_fraction}")
         if not isinstance(self.regenerate_every, int) or self.regenerate_every < 1:
-            raise ValueError(f"regenerate_every must be an int >= 1, got "
+            raise InputError(f"regenerate_every must be an int >= 1, got "
                              f"{self.regenerate_every!r}")
         if not isinstance(self.attack_batch_size, int) or self.attack_batch_size < 1:
-            raise ValueError(f"attack_batch_size must be an int >= 1, got "
+            raise InputError(f"attack_batch_size must be an int >= 1, got "
                              f"{self.attack_batch_size!r}")
 
     # --- state -------------------------------------------------------------------------
@@ -179,13 +180,13 @@ class RegeneratedAT:
         ``device`` is unused: the examples go where the training images live.
         """
         if not isinstance(dataset_size, int) or dataset_size < 1:
-            raise ValueError(f"dataset_size must be an int >= 1, got {dataset_size!r}")
+            raise InputError(f"dataset_size must be an int >= 1, got {dataset_size!r}")
         return RegeneratedSet.empty(dataset_size)
 
     @staticmethod
     def _state_of(state: Any) -> RegeneratedSet:
         if not isinstance(state, RegeneratedSet):
-            raise ValueError(
+            raise InputError(
                 "RegeneratedAT needs its stored set: state = method.init_state(dataset_size) "
                 f"(fit does this), passed as ctx.state; got {type(state).__name__}"
             )
@@ -202,7 +203,7 @@ class RegeneratedAT:
             return
         n = stored.size
         if len(train_data) != n:
-            raise ValueError(f"train_data has {len(train_data)} points, the state has {n}")
+            raise InputError(f"train_data has {len(train_data)} points, the state has {n}")
         net = unwrap(model)
         device = next(net.parameters()).device
         m = max(1, round(self.subset_fraction * n))
@@ -230,7 +231,7 @@ class RegeneratedAT:
             have = torch.zeros(n_clean, dtype=torch.bool, device=x.device)
         else:
             if ctx is None or ctx.index is None:
-                raise ValueError("RegeneratedAT needs ctx.index to find the stored adversarial "
+                raise InputError("RegeneratedAT needs ctx.index to find the stored adversarial "
                                  "examples of a batch (use fit)")
             have_cpu, pos = state._find(ctx.index)
             have = have_cpu.to(x.device)

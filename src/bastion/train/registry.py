@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bastion.attacks.threat import ThreatModel, field_default, resolve_threat
+from bastion.errors import InputError, InputTypeError
 from bastion.train.cat import CAT
 from bastion.train.consistency import Consistency
 from bastion.train.cure import CURE
@@ -85,16 +86,16 @@ def fold_legacy_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]
     )
     threat = opts.get("threat", {})
     if isinstance(threat, ThreatModel):
-        raise ValueError(
+        raise InputError(
             f"method {name!r}: got a ThreatModel and the flat option(s) {old}; pass the "
             "attack settings once, in threat"
         )
     if not isinstance(threat, Mapping):
-        raise TypeError(f"method {name!r}: threat must be a ThreatModel or a mapping, "
+        raise InputTypeError(f"method {name!r}: threat must be a ThreatModel or a mapping, "
                         f"got {threat!r}")
     both = sorted(set(flat) & set(threat))
     if both:
-        raise ValueError(
+        raise InputError(
             f"method {name!r}: {both} given both as flat options and in threat; keep only "
             "the threat entries"
         )
@@ -127,13 +128,13 @@ def build_method(name: str, **kwargs: Any) -> Any:
     ``DeprecationWarning``).
     """
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid choices: {', '.join(sorted(METHODS))}")
+        raise InputError(f"unknown method {name!r}; valid choices: {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
     kwargs = fold_legacy_options(name, kwargs)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(kwargs) - fields
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown option(s) {sorted(unknown)} for method {name!r}; valid: {sorted(fields)}"
         )
     return cls(**kwargs)

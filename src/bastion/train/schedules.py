@@ -9,6 +9,8 @@ from typing import Literal
 
 import torch
 
+from bastion.errors import InputError
+
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduleConfig:
@@ -31,7 +33,7 @@ def build_scheduler(
     """A per-step scheduler for ``cfg`` over ``total_steps`` steps (see ``ScheduleConfig``)."""
     total = max(1, total_steps)
     if any(not 0 < m < 1 for m in cfg.milestones):
-        raise ValueError(
+        raise InputError(
             f"schedule milestones are fractions of training in (0, 1), got {cfg.milestones}"
         )
     marks = sorted(int(m * total) for m in cfg.milestones)
@@ -47,6 +49,6 @@ def build_scheduler(
         if cfg.name == "onecycle":
             w = max(cfg.warmup, 1e-8)
             return frac / w if frac < w else max(0.0, (1 - frac) / (1 - w))
-        raise ValueError(f"unknown schedule {cfg.name!r}")
+        raise InputError(f"unknown schedule {cfg.name!r}")
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

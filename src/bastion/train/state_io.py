@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from bastion.errors import InputTypeError
+
 _INT_KEY = "__int__:"
 
 
@@ -49,7 +51,7 @@ def split_state(obj: Any, prefix: str = "") -> SplitState:
             return [walk(v, f"{path}.{i}") for i, v in enumerate(o)]
         if o is None or isinstance(o, bool | int | float | str):
             return o
-        raise TypeError(f"cannot save state value of type {type(o).__name__} at {path!r}")
+        raise InputTypeError(f"cannot save state value of type {type(o).__name__} at {path!r}")
 
     skeleton = walk(obj, prefix)
     return SplitState(skeleton=skeleton, tensors=tensors)

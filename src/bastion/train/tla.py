@@ -12,6 +12,7 @@ from torch import nn
 from bastion._torch import unwrap
 from bastion.attacks.core import AttackResult
 from bastion.attacks.threat import ThreatModel, init_threat
+from bastion.errors import InputError
 from bastion.losses.tla import (
     angular_distance,
     embedding_norm_penalty,
@@ -52,17 +53,17 @@ def _embedding_module(model: nn.Module, layer: str | None) -> tuple[nn.Module, b
     if layer is None:
         linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
         if not linears:
-            raise ValueError(
+            raise InputError(
                 "the model has no nn.Linear layer, so the penultimate features cannot be "
                 f"found; name the embedding layer with layer=...; available: {_module_names(net)}"
             )
         return linears[-1], True
     if not isinstance(layer, str) or not layer:
-        raise ValueError(f"layer must be a module name or None, got {layer!r}")
+        raise InputError(f"layer must be a module name or None, got {layer!r}")
     try:
         return net.get_submodule(layer), False
     except AttributeError:
-        raise ValueError(
+        raise InputError(
             f"the model has no module named {layer!r}; available names: {_module_names(net)}"
         ) from None
 
@@ -87,10 +88,10 @@ def _forward_with_embedding(
         handle.remove()
     name = layer if layer is not None else "the last nn.Linear"
     if len(captured) != 1:
-        raise ValueError(f"{name} ran {len(captured)} times in one forward pass; the TLA "
+        raise InputError(f"{name} ran {len(captured)} times in one forward pass; the TLA "
                          "embedding layer must run exactly once")
     if not isinstance(captured[0], torch.Tensor):
-        raise ValueError(f"{name} does not produce a tensor (got {type(captured[0]).__name__})")
+        raise InputError(f"{name} does not produce a tensor (got {type(captured[0]).__name__})")
     return logits, captured[0]
 
 
@@ -162,9 +163,9 @@ class TLA:
         for name in ("margin", "lambda_", "lambda_norm"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+                raise InputError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.layer is not None and (not isinstance(self.layer, str) or not self.layer):
-            raise ValueError(f"layer must be a module name or None, got {self.layer!r}")
+            raise InputError(f"layer must be a module name or None, got {self.layer!r}")
 
     def perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

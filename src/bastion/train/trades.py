@@ -12,6 +12,7 @@ from torch import nn
 from bastion._torch import model_mode, unwrap
 from bastion.attacks.core import AttackResult
 from bastion.attacks.threat import ThreatModel, init_threat
+from bastion.errors import InputError
 from bastion.losses.trades import trades_kl
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
@@ -65,10 +66,10 @@ class TRADES:
     def __post_init__(self) -> None:
         if not (isinstance(self.beta, int | float) and math.isfinite(self.beta)
                 and self.beta >= 0):
-            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
+            raise InputError(f"beta must be a finite number >= 0, got {self.beta!r}")
         init_threat(self)
         if not (math.isfinite(self.init_std) and self.init_std >= 0):
-            raise ValueError(f"init_std must be a finite number >= 0, got {self.init_std!r}")
+            raise InputError(f"init_std must be a finite number >= 0, got {self.init_std!r}")
 
     def perturb(
         self, model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None
