@@ -176,17 +176,29 @@ def test_demo_command_trains_then_evaluates(recipe, tmp_path, capsys):
 
 
 def test_resume_accepts_a_config_saved_before_a_new_default_key(run_dir, recipe, capsys):
+    """Resume compares the checkpoint's saved config, parsed: a key it lacks is at its
+    default, so it equals the new config."""
     saved = run_dir / "config.yaml"
     data = yaml.safe_load(saved.read_text())
     del data["init_from"]  # as written by a version without this key
     saved.write_text(yaml.safe_dump(data))
+    bound = list((run_dir / "checkpoints").glob("epoch-*/run_config.json"))
+    assert bound
+    for path in bound:  # the config bound to the weights, as that version wrote it
+        data = json.loads(path.read_text())
+        del data["init_from"]
+        path.write_text(json.dumps(data))
     assert main(["train", str(recipe), "--out", str(run_dir)]) == 0
+    assert "different config" not in capsys.readouterr().err
 
 
 def test_a_run_folder_written_before_the_threat_model_loads_and_resumes(
         run_dir, recipe, tmp_path, capsys):
     """Its config.yaml has flat method_options and eval keys: it loads (with a warning),
-    equals the nested recipe, resumes from it, and is evaluated as before."""
+    equals the nested recipe, resumes from it, and is evaluated as before. (Such a folder
+    predates configs saved with checkpoints, so config.yaml is what resume compares.)"""
+    for path in (run_dir / "checkpoints").glob("epoch-*/run_config.json"):
+        path.unlink()
     saved = run_dir / "config.yaml"
     data = yaml.safe_load(saved.read_text())
     data["method_options"] = {"eps": 0.1, "norm": "linf", "steps": 2, "step_size": None,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import numbers
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
-from bastion.errors import InputError, InputTypeError
+from bastion.errors import InputError, InputTypeError, MissingFileError, RunFolderError
 
 
 def check_images(x: torch.Tensor, name: str = "x") -> None:
@@ -73,3 +76,75 @@ def finite_positive(value: float, name: str) -> None:
     """Raise unless ``value`` is a finite float > 0."""
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
         raise InputError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_int(value: object, name: str, *, low: int | None = None, none_ok: bool = False) -> None:
+    """Raise unless ``value`` is an integer (not a bool; numpy integers count) ``>= low`` (or
+    None with ``none_ok``): ``InputTypeError`` for another type, ``InputError`` below
+    ``low``; the message names ``name``."""
+    if value is None and none_ok:
+        return
+    also = " or None" if none_ok else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        bound = f" >= {low}" if low is not None else ""
+        raise InputTypeError(f"{name} must be an int{bound}{also}, got {value!r}")
+    if low is not None and value < low:
+        raise InputError(f"{name} must be an int >= {low}{also}, got {value!r}")
+
+
+def device_choices() -> list[str]:
+    """The device names that exist on this machine: ``auto``, ``cpu`` and each accelerator."""
+    names = ["auto", "cpu"]
+    if torch.accelerator.is_available():
+        acc = torch.accelerator.current_accelerator()
+        if acc is not None:
+            count = torch.accelerator.device_count()
+            names += [acc.type, *(f"{acc.type}:{i}" for i in range(count))]
+    return names
+
+
+def check_device(value: object, name: str = "device") -> None:
+    """Raise unless ``value`` is ``"auto"``, ``"cpu"`` or an accelerator present here.
+
+    ``"cuda"`` on a machine without a GPU, ``"cuda:3"`` on a machine with one and a
+    misspelt name all raise ``InputError`` naming the valid choices on this machine.
+    """
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{name} must be a non-empty name ('auto', 'cpu', 'cuda:0', ...), "
+                         f"got {value!r}")
+    if value in ("auto", "cpu"):
+        return
+    choices = ", ".join(repr(c) for c in device_choices())
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        raise InputError(f"{name}: {value!r} is not a device name; valid choices on this "
+                         f"machine: {choices}") from None
+    if dev.type == "cpu":
+        return
+    acc = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if acc is None or acc.type != dev.type:
+        raise InputError(f"{name}: {value!r}: this machine has no {dev.type} device; valid "
+                         f"choices on this machine: {choices}")
+    if dev.index is not None and dev.index >= torch.accelerator.device_count():
+        raise InputError(f"{name}: {value!r}: this machine has "
+                         f"{torch.accelerator.device_count()} {dev.type} device(s); valid "
+                         f"choices on this machine: {choices}")
+
+
+def check_run_dir(path: str | os.PathLike[str], what: str = "run folder") -> Path:
+    """``path`` as a ``Path`` if it is an existing folder; else a clear error.
+
+    A missing path raises ``MissingFileError``; a path that is a file raises
+    ``RunFolderError`` saying so (a run folder is the folder ``bastion train --out`` wrote,
+    not one of its files).
+    """
+    p = Path(path)
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise RunFolderError(
+            f"{what} {str(p)!r} is a file, not a folder; give the folder that 'bastion train "
+            "--out' wrote (it holds config.yaml, model.json and checkpoints/)"
+        )
+    raise MissingFileError(f"{what} {str(p)!r} does not exist")

@@ -10,23 +10,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
+import traceback
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from tqdm import tqdm
 
+from bastion._validate import check_int, check_run_dir
 from bastion.attacks.spec import ATTACKS, AttackSpec
 from bastion.attacks.threat import ThreatModel
-from bastion.certify.config import CertifyConfig
+from bastion.certify.config import CertificationWarning, CertifyConfig
 from bastion.config import load_config
 from bastion.data import load_dataset
+from bastion.errors import BastionError, MissingFileError
 from bastion.runs import eval_record_path, evaluate_run, load_config_of, train_from_config
 
 DEFAULT_RUNS = Path("runs")
+DEBUG_ENV = "BASTION_DEBUG"
+"""Environment variable: ``1`` makes user errors show their traceback (as ``--debug``)."""
 
 
 def _train_progress(total_epochs: int) -> tuple[Any, Any, Any]:
@@ -62,8 +69,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     on_batch, on_epoch, close = _train_progress(cfg.epochs)
     t0 = time.perf_counter()
     try:
-        history = train_from_config(cfg, out, resume=not args.no_resume, on_batch=on_batch,
-                                    on_epoch=on_epoch)
+        history = train_from_config(cfg, out, resume=not args.no_resume,
+                                    overwrite=getattr(args, "overwrite", False),
+                                    on_batch=on_batch, on_epoch=on_epoch)
     finally:
         close()
     last = history.epochs[-1] if history.epochs else {}
@@ -84,25 +92,34 @@ def _attack_from_args(args: argparse.Namespace) -> AttackSpec:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    run = Path(args.run_dir)
-    if not run.is_dir():
-        raise FileNotFoundError(f"run folder {str(run)!r} does not exist")
+    # every argument checked before the run is loaded (and nothing is written until the end)
+    run = check_run_dir(args.run_dir)
+    check_int(args.n, "--n", low=1)
+    check_int(args.batch_size, "--batch-size", low=1)
+    check_int(args.seed, "--seed", low=0)
     attack = _attack_from_args(args)
-    bar = tqdm(total=args.n, desc=f"{attack.name} eps={attack.eps:g}", unit="img",
-               dynamic_ncols=True)
+    bars: list[tqdm] = []
+
+    def progress(done: int) -> None:
+        if not bars:  # created once the run is loaded, so errors print cleanly
+            bars.append(tqdm(total=args.n, desc=f"{attack.name} eps={attack.eps:g}",
+                             unit="img", dynamic_ncols=True))
+        bars[0].update(done)
+
     try:
         result = evaluate_run(run, attack, n=args.n, which=args.checkpoint,
-                              batch_size=args.batch_size, seed=args.seed, progress=bar.update)
+                              batch_size=args.batch_size, seed=args.seed, progress=progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     clean = float(result.clean_correct.double().mean())
     robust = float(result.adv_correct().double().mean())
     seconds = sum(o.seconds for o in result.outcomes)
     path = eval_record_path(run, attack, args.n, args.checkpoint)
-    print(_table([("points", args.n), ("clean accuracy", clean),
+    print(_table([("points", str(args.n)), ("clean accuracy", _rate(clean)),
                   (f"robust accuracy ({attack.name}-{attack.steps}, {attack.norm} "
-                   f"eps {attack.eps:g})", robust),
-                  ("seconds", round(seconds, 1))]))
+                   f"eps {attack.eps:g})", _rate(robust)),
+                  ("seconds", f"{seconds:.1f}")]))
     print(f"record: {path}")
     return 0
 
@@ -155,7 +172,20 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from bastion.certify.summary import rows_to_certificate, summarize
     from bastion.runs import certify_run
 
-    config = _config_from_args(CertifyConfig, args)  # every setting checked before any work
+    check_run_dir(args.run_dir)
+    # every setting checked before any work; what n and alpha rule out is warned about here,
+    # before any noise is drawn
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CertificationWarning)
+        config = _config_from_args(CertifyConfig, args)
+    for w in caught:
+        if issubclass(w.category, CertificationWarning):
+            print(f"bastion: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for other in args.compare:
+        if not Path(other).is_file():
+            raise MissingFileError(f"--compare: certification file {other!r} does not exist")
     bars: list[tqdm] = []
 
     def progress(done: int, total: int) -> None:
@@ -181,15 +211,16 @@ def cmd_certify(args: argparse.Namespace) -> int:
     plot_path = plot_certified_accuracy(curves, res.out_path.with_suffix(".png"),
                                         title=f"{load_config_of(args.run_dir).dataset}: "
                                         "certified accuracy")
-    rows: list[tuple[str, Any]] = [("points", s["n"]), ("abstained", s["abstain_rate"])]
+    rows: list[tuple[str, Any]] = [("points", str(s["n"])),
+                                   ("abstained", _rate(s["abstain_rate"]))]
     if config.radius is None:
-        rows += [(f"certified accuracy at r={r:g}", a)
+        rows += [(f"certified accuracy at r={r:g}", _rate(a))
                  for r, a in zip(s["radii"], s["certified_accuracy"], strict=True)]
         rows += [("ACR", f"{s['acr']:.4f}")]
     else:  # the sequential test answers one question: certified at this radius or not
         acc_r = summarize(res.rows, [config.radius], norm)["certified_accuracy"][0]
         draws = sum(int(r.details["counts"]["n"]) for r in res.rows) / max(1, len(res.rows))
-        rows += [(f"certified accuracy at r={config.radius:g}", acc_r),
+        rows += [(f"certified accuracy at r={config.radius:g}", _rate(acc_r)),
                  ("noise draws per input (mean, after n0)",
                   f"{draws:.0f} of at most {config.n}")]
     rows += [("seconds", f"{s['seconds']:.1f}")]
@@ -219,12 +250,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_eval(ev)
 
 
+def _rate(value: float | None) -> str:
+    """A rate in [0, 1] as a percentage (``0.0712`` -> ``7.12%``); None -> ``n/a``."""
+    return "n/a" if value is None else f"{100 * float(value):.2f}%"
+
+
 def _table(rows: list[tuple[str, Any]]) -> str:
+    """Aligned ``label  value`` lines. Each row's value is formatted by its caller: a string
+    is shown as given (``_rate(x)``, ``f"{seconds:.1f}"``, ``str(n)``); an int as digits;
+    None as ``n/a``. A bare float is taken for a rate and shown by ``_rate`` -- pass
+    anything else (a time, an ACR) already formatted."""
     width = max(len(k) for k, _ in rows)
     lines = []
     for k, v in rows:
-        if isinstance(v, float) and 0 <= v <= 1:
-            v = f"{100 * v:.2f}%"
+        if v is None or isinstance(v, float):
+            v = _rate(v)
         lines.append(f"  {k.ljust(width)}  {v}")
     return "\n".join(lines)
 
@@ -235,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    p.add_argument("--debug", action="store_true",
+                   help=f"on a user error, show the traceback too (or set {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", required=True)
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
@@ -244,7 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key (dotted), e.g. --set optim.lr=0.05")
     t.add_argument("--out", default=None, help="run folder (default runs/<recipe name>)")
     t.add_argument("--no-resume", action="store_true",
-                   help="start over even if the run folder has a checkpoint")
+                   help="do not resume: start from scratch; a run folder that already holds "
+                   "a run also needs --overwrite")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over even if the run folder holds a run (another config, or "
+                   "a finished one): its checkpoints, history, eval and certify records are "
+                   "first moved aside to OUT/.replaced-<time>/")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="attack a trained run on its test set", formatter_class=fmt)
@@ -283,16 +330,35 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config overrides")
     d.set_defaults(func=cmd_demo)
+    for command in sub.choices.values():  # also after the command: bastion eval RUN --debug
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="on a user error, show the traceback too (or set "
+                             f"{DEBUG_ENV}=1)")
     return p
 
 
+def _debug_from_env() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit code: 0 done, 2 a user error (or bad arguments), 130
+    interrupted.
+
+    A user mistake is a ``bastion.errors.BastionError`` (a bad config key or value, a
+    missing or corrupt file, a run folder that cannot be used as asked): it is printed as
+    ``bastion: error: <message>`` without a traceback, unless ``--debug`` or
+    ``BASTION_DEBUG=1``. Any other exception is a bug in bastion and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or _debug_from_env()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except BastionError as err:
+        if debug:
+            traceback.print_exc(file=sys.stderr)
         print(f"bastion: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

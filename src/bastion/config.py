@@ -10,24 +10,48 @@ places a run attacks: ``method_options: {threat: {eps: 0.1, steps: 7}}`` and
 Configs written before, with flat ``eps`` / ``norm`` / ``steps`` / ``step_size`` keys in
 either place, still load: the keys are folded into ``threat`` with a
 ``DeprecationWarning``.
+
+Validation happens in two places, both before anything is written:
+
+- ``TrainConfig.__post_init__`` checks every value that is wrong anywhere (ranges, names,
+  the method and its options, the model and its option names), so a bad config cannot be
+  built at all, also not by ``dataclasses.replace`` or from a run folder's ``config.yaml``.
+- ``validate(cfg)`` adds the checks that depend on this machine and the dataset: the
+  device exists here and the model builds for the dataset's image shape (on the meta
+  device, no memory). ``load_config`` runs it;
+  ``runs.train_from_config`` runs it before writing anything. (Loading a finished run's
+  config for ``eval`` does not: a run trained on a GPU stays readable on a laptop.)
+
+Every error names the key (``config.batch_size: must be an integer >= 1, got 0``); from
+``load_config`` it also names the file and the ``--set`` overrides that touched the key.
+A file that cannot be read as YAML, holds a ``!!python/...`` tag (``yaml.safe_load``
+constructs no objects), is empty or is not a mapping raises ``ConfigError`` naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 import types
 import typing
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
+import torch
 import yaml
 
-from bastion.attacks.spec import AttackName
+from bastion._validate import check_device
+from bastion.attacks.spec import ATTACKS, AttackName, AttackSpec
 from bastion.attacks.threat import ThreatModel
-from bastion.errors import InputError, InputTypeError, MissingFileError
-from bastion.train.registry import canonical_method_options
+from bastion.data.registry import DATASET_INFO, DATASETS
+from bastion.errors import BastionError, ConfigError, InputError, InputTypeError, MissingFileError
+from bastion.models.registry import MODELS, build, check_architecture
+from bastion.train.registry import METHODS, build_method, canonical_method_options
 from bastion.train.schedules import ScheduleConfig
 
 T = TypeVar("T")
@@ -96,11 +120,207 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        _check_method(self)
         # One stored form of the method's options: legacy flat attack keys folded into a
         # complete ``threat`` dict, so old and new spellings of a run compare equal.
-        object.__setattr__(
-            self, "method_options", canonical_method_options(self.method, self.method_options)
-        )
+        with _keyed("method_options"):
+            opts = canonical_method_options(self.method, self.method_options)
+        object.__setattr__(self, "method_options", opts)
+        with _keyed("method_options"):
+            build_method(self.method, **opts)  # every option checked by the method itself
+        _check_values(self)
+
+
+# ------------------------------------------------------------------------------ validation
+
+_ROOT = "config"
+
+
+def _fail(key: str, message: str) -> NoReturn:
+    raise ConfigError(f"{_ROOT}.{key}: {message}")
+
+
+class _keyed:
+    """Re-raise a ``BastionError`` from the block with ``config.<key>: `` in front."""
+
+    def __init__(self, key: str) -> None:
+        self.prefix = f"{_ROOT}.{key}"
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, tp: Any, err: BaseException | None, tb: Any) -> bool:
+        if isinstance(err, BastionError) and not str(err).startswith(self.prefix):
+            raise _rewrap(err, f"{self.prefix}: {err}") from err
+        return False
+
+
+def _rewrap(err: BastionError, message: str) -> BastionError:
+    """``err`` with another message; a value error of a config becomes a ``ConfigError``."""
+    if isinstance(err, InputError):
+        return ConfigError(message)
+    return type(err)(message)
+
+
+def _int(key: str, value: Any, low: int, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    also = " or null" if optional else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputTypeError(f"{_ROOT}.{key}: must be an integer >= {low}{also}, got {value!r}")
+    if value < low:
+        _fail(key, f"must be an integer >= {low}{also}, got {value!r}")
+
+
+def _number(key: str, value: Any, *, low: float, low_open: bool = False,
+            high: float | None = None, high_open: bool = True) -> None:
+    """A finite number in the interval ``[low, high)`` (open or closed ends as given)."""
+    lo = f"{'(' if low_open else '['}{low:g}"
+    hi = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
+    rng = f"a finite number in {lo}, {hi}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputTypeError(f"{_ROOT}.{key}: must be {rng}, got {value!r}")
+    ok = math.isfinite(value) and (value > low if low_open else value >= low)
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        _fail(key, f"must be {rng}, got {value!r}")
+
+
+def _choice(key: str, value: Any, choices: typing.Iterable[Any]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        _fail(key, f"{value!r} is not one of {', '.join(repr(c) for c in choices)}")
+
+
+def _flag(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise InputTypeError(f"{_ROOT}.{key}: expected true or false, got {value!r}")
+
+
+def _name(key: str, value: Any, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or not value:
+        raise InputTypeError(f"{_ROOT}.{key}: expected a non-empty string"
+                             f"{' or null' if optional else ''}, got {value!r}")
+
+
+def _check_method(cfg: TrainConfig) -> None:
+    if not isinstance(cfg.method, str) or cfg.method not in METHODS:
+        _fail("method", f"unknown method {cfg.method!r}; valid choices: "
+              f"{', '.join(sorted(METHODS))}")
+    if not isinstance(cfg.method_options, Mapping):
+        raise InputTypeError(f"{_ROOT}.method_options: expected a mapping, got "
+                             f"{cfg.method_options!r}")
+
+
+def _check_values(cfg: TrainConfig) -> None:
+    """Every check of a ``TrainConfig`` that holds on any machine (see the module docstring)."""
+    _choice("dataset", cfg.dataset, DATASETS)
+    _name("data_dir", cfg.data_dir, optional=True)
+    _int("train_subset", cfg.train_subset, 1, optional=True)
+    if not isinstance(cfg.model, str) or cfg.model not in MODELS:
+        _fail("model", f"unknown model {cfg.model!r}; valid names: {', '.join(sorted(MODELS))}")
+    if not isinstance(cfg.model_options, Mapping):
+        raise InputTypeError(f"{_ROOT}.model_options: expected a mapping, got "
+                             f"{cfg.model_options!r}")
+    with _keyed("model_options"):
+        check_architecture(cfg.model, cfg.model_options)
+    _name("init_from", cfg.init_from, optional=True)
+
+    o = cfg.optim
+    if not isinstance(o, OptimConfig):
+        raise InputTypeError(f"{_ROOT}.optim: expected an OptimConfig, got {o!r}")
+    _choice("optim.name", o.name, typing.get_args(typing.get_type_hints(OptimConfig)["name"]))
+    _number("optim.lr", o.lr, low=0.0)  # 0 is allowed: frozen weights (init_from checks)
+    _number("optim.momentum", o.momentum, low=0.0)
+    _number("optim.weight_decay", o.weight_decay, low=0.0)
+    _flag("optim.nesterov", o.nesterov)
+    if o.nesterov and (o.name != "sgd" or o.momentum == 0):
+        _fail("optim.nesterov", f"Nesterov momentum needs optim.name 'sgd' and optim.momentum "
+              f"> 0, got name {o.name!r}, momentum {o.momentum!r}")
+
+    sc = cfg.schedule
+    if not isinstance(sc, ScheduleConfig):
+        raise InputTypeError(f"{_ROOT}.schedule: expected a ScheduleConfig, got {sc!r}")
+    _choice("schedule.name", sc.name,
+            typing.get_args(typing.get_type_hints(ScheduleConfig)["name"]))
+    if not isinstance(sc.milestones, tuple | list):
+        raise InputTypeError(f"{_ROOT}.schedule.milestones: expected a list of fractions of "
+                             f"training in (0, 1), got {sc.milestones!r}")
+    for i, m in enumerate(sc.milestones):
+        _number(f"schedule.milestones[{i}]", m, low=0.0, low_open=True, high=1.0)
+    _number("schedule.gamma", sc.gamma, low=0.0, low_open=True)
+    _number("schedule.warmup", sc.warmup, low=0.0, high=1.0)
+
+    _int("epochs", cfg.epochs, 1)
+    _int("batch_size", cfg.batch_size, 1)
+    _int("seed", cfg.seed, 0)
+    if cfg.seed >= 2**63:
+        _fail("seed", f"must be below 2^63, got {cfg.seed}")
+    _flag("channels_last", cfg.channels_last)
+    _int("patience", cfg.patience, 1, optional=True)
+    _name("device", cfg.device)
+    if cfg.device != "auto":
+        try:
+            torch.device(cfg.device)
+        except (RuntimeError, ValueError, TypeError):
+            _check_device_here(cfg.device)  # raises, naming the valid choices here
+
+    e = cfg.eval
+    if not isinstance(e, EvalConfig):
+        raise InputTypeError(f"{_ROOT}.eval: expected an EvalConfig, got {e!r}")
+    if e.attack is not None:
+        _choice("eval.attack", e.attack, ATTACKS)
+    if not isinstance(e.threat, ThreatModel):
+        raise InputTypeError(f"{_ROOT}.eval.threat: expected a ThreatModel, got {e.threat!r}")
+    _int("eval.n_test", e.n_test, 1)
+    _int("eval.n_train", e.n_train, 0)
+    _int("eval.batch_size", e.batch_size, 1)
+    if e.attack is not None:
+        with _keyed("eval"):
+            AttackSpec(name=e.attack, threat=e.threat)
+
+
+def _check_device_here(device: str) -> None:
+    try:
+        check_device(device, f"{_ROOT}.device")
+    except InputError as err:
+        raise ConfigError(str(err)) from None
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check ``cfg`` against this machine and its dataset; return it unchanged.
+
+    On top of what building a ``TrainConfig`` checks: ``device`` exists here (``"auto"``,
+    ``"cpu"`` or an accelerator present, e.g. ``"cuda"`` only with a GPU; the error lists
+    the valid choices) and the model builds with ``model_options`` for the dataset's image
+    shape (on the meta device: no memory, no initialisation). ``load_config`` calls it; so
+    does ``runs.train_from_config`` before writing anything. Files the config names
+    (``init_from``, ``data_dir``) are checked where they are read, also before anything is
+    written, so a recipe that names another machine's folders still parses.
+
+    Raises:
+        ConfigError: (an ``InputError``) naming the key, e.g. ``config.device: 'cuda': this
+            machine has no cuda device; valid choices on this machine: 'auto', 'cpu'``.
+        InputTypeError: ``cfg`` is not a ``TrainConfig``.
+    """
+    if not isinstance(cfg, TrainConfig):
+        raise InputTypeError(f"expected a TrainConfig, got {type(cfg).__name__}")
+    _check_device_here(cfg.device)
+    info = DATASET_INFO[cfg.dataset]
+    c, h, w = info.shape
+    try:
+        with torch.device("meta"):
+            build(cfg.model, num_classes=info.num_classes, in_channels=c, input_size=(h, w),
+                  dataset=cfg.dataset, **cfg.model_options)
+    except (BastionError, TypeError, ValueError, RuntimeError) as err:
+        key = "model_options" if cfg.model_options else "model"
+        opts = f" with model_options {dict(cfg.model_options)}" if cfg.model_options else ""
+        raise ConfigError(f"{_ROOT}.{key}: model {cfg.model!r}{opts} cannot be built for "
+                          f"{cfg.dataset} ({c}x{h}x{w} images): {err}") from err
+    return cfg
 
 
 def _fold_legacy_eval(data: dict[str, Any], path: str) -> dict[str, Any]:
@@ -118,10 +338,13 @@ def _fold_legacy_eval(data: dict[str, Any], path: str) -> dict[str, Any]:
         raise InputTypeError(f"{path}.threat: expected a mapping, got {threat!r}")
     both = sorted(set(flat) & set(threat))
     if both:
-        raise InputError(f"{path}: {both} given both flat and under {path}.threat; keep only "
+        raise ConfigError(f"{path}: {both} given both flat and under {path}.threat; keep only "
                          "the threat entries")
     rest = {k: v for k, v in data.items() if k not in flat}
     return {**rest, "threat": {**threat, **flat}}
+
+
+_YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _check_value(value: Any, tp: Any, path: str) -> Any:
@@ -131,20 +354,21 @@ def _check_value(value: Any, tp: Any, path: str) -> Any:
     if origin is Literal:
         if value not in typing.get_args(tp):
             choices = ", ".join(repr(a) for a in typing.get_args(tp))
-            raise InputError(f"{path}: {value!r} is not one of {choices}")
+            raise ConfigError(f"{path}: {value!r} is not one of {choices}")
         return value
     if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        if len(args) == 1:  # ``X | None``: the message of X
+            return _check_value(value, args[0], path)
         errors = []
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                if value is None:
-                    return None
-                continue
+        for arg in args:
             try:
                 return _check_value(value, arg, path)
             except (TypeError, ValueError) as e:
                 errors.append(str(e))
-        raise InputError(f"{path}: {value!r} does not fit {tp}: {'; '.join(errors)}")
+        raise ConfigError(f"{path}: {value!r} does not fit {tp}: {'; '.join(errors)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise InputTypeError(f"{path}: expected a mapping, got {value!r}")
@@ -159,6 +383,9 @@ def _check_value(value: Any, tp: Any, path: str) -> Any:
             raise InputTypeError(f"{path}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+            # YAML 1.1 (PyYAML) reads ``1e-3`` as a string: it wants ``1.0e-3``
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputTypeError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -185,9 +412,14 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "config") -> T:
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise InputError(f"{path}: unknown key(s) {unknown}; valid keys: {', '.join(names)}")
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys: {', '.join(names)}")
     kwargs = {k: _check_value(v, hints[k], f"{path}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except BastionError as err:
+        if str(err).startswith((f"{path}.", f"{path}:")):
+            raise
+        raise _rewrap(err, f"{path}: {err}") from err
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -204,34 +436,145 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings (values parsed as YAML scalars) to a config dict."""
+    """Apply ``key.sub=value`` strings (values parsed as YAML scalars) to a config dict.
+
+    Raises:
+        ConfigError: an item without ``=``, an empty key part, a value that is not valid
+            YAML (or holds a ``!!python/...`` tag), or a key below a value that is not a
+            section; the message quotes the item.
+    """
     data = yaml.safe_load(yaml.safe_dump(data)) or {}
     for item in overrides:
-        if "=" not in item:
-            raise InputError(f"--set expects key=value, got {item!r}")
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
-        node = data
         parts = key.strip().split(".")
+        if not all(p.strip() for p in parts):
+            raise ConfigError(f"--set {item!r}: the key has an empty part; write e.g. "
+                              "--set optim.lr=0.05")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key.strip()}: cannot read {raw!r} as a YAML value: "
+                              f"{_yaml_problem(err)}") from None
+        node = data
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            node = node.setdefault(p.strip(), {})
             if not isinstance(node, dict):
-                raise InputError(f"--set {key}: {p!r} is not a section")
-        node[parts[-1]] = value
+                raise ConfigError(f"--set {key}: {p!r} is not a section")
+        node[parts[-1].strip()] = value
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML recipe, apply ``--set`` overrides and validate it."""
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error as one line: where (line, column) and what, tags spelt ``!!python/...``."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = str(getattr(err, "problem", None) or err).strip()
+    context = getattr(err, "context", None)
+    tag = re.search(r"the tag '([^']*)'", problem)
+    if isinstance(err, yaml.constructor.ConstructorError) and tag:
+        name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return (f"{where}the tag {name!r} is not allowed: bastion reads configs with "
+                "yaml.safe_load, plain values only (mappings, lists, strings, numbers, "
+                "true/false, null); nothing is constructed or run")
+    if context and str(context) not in problem:
+        problem = f"{problem} ({context})"
+    return where + problem.replace("\n", " ")
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping in a YAML config file (not yet checked against ``TrainConfig``).
+
+    Raises:
+        MissingFileError: the file does not exist.
+        ConfigError: naming the file: it is a folder, cannot be read, is not valid YAML
+            (line and column given), holds a ``!!python/...`` or other tag that
+            ``yaml.safe_load`` refuses, is empty (an empty file would silently train the
+            default run; ``{}`` asks for the defaults explicitly) or is not a mapping.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give a YAML config file, e.g. "
+                          "configs/pgd-at.yaml")
     if not path.is_file():
         raise MissingFileError(f"config file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: is not a text (UTF-8) file; a config is YAML") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not a valid YAML config: {_yaml_problem(err)}") from None
+    if data is None:
+        raise ConfigError(
+            f"{path}: the config file is empty; write the keys that differ from the "
+            "defaults (e.g. 'method: pgd-at'), start from a recipe in configs/, or write {} "
+            "to train with every default"
+        )
     if not isinstance(data, dict):
-        raise InputError(f"{path}: a config must be a mapping of keys to values")
-    return from_dict(TrainConfig, apply_overrides(data, overrides or []))
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values (e.g. "
+                          f"'epochs: 5'), got a {type(data).__name__}: {_short(data)}")
+    return data
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _source(path: Path, overrides: list[str], message: str) -> str:
+    """``(config file X, with --set k=v)``: where the value behind ``message`` came from."""
+    m = re.match(rf"{_ROOT}\.([A-Za-z0-9_.]+)", message)
+    lead = m.group(1) if m else None
+    related = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if lead is not None:
+            if key == lead or key.startswith(lead + ".") or lead.startswith(key + "."):
+                related.append(item)
+        elif repr(key.split(".")[0]) in message:  # e.g. "unknown key(s) ['optm']"
+            related.append(item)
+    sets = f", with --set {', '.join(related)}" if related else ""
+    return f"(config file {path}{sets})"
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML recipe, apply ``--set`` overrides and validate it (``validate``).
+
+    Raises:
+        MissingFileError: the file does not exist (or ``init_from`` / ``data_dir`` do not).
+        ConfigError: the file cannot be read as a config (see ``read_config_file``), an
+            override is malformed, or a value is out of range or not a valid choice; the
+            message names the key, and the file and overrides it came from.
+        InputTypeError: a value of the wrong type (also naming key and file).
+    """
+    path = Path(path)
+    overrides = list(overrides or [])
+    data = apply_overrides(read_config_file(path), overrides)
+    try:
+        return validate(from_dict(TrainConfig, data))
+    except BastionError as err:
+        raise _rewrap(err, f"{err} {_source(path, overrides, str(err))}") from err
 
 
 def dump_config(cfg: TrainConfig) -> str:
     """The resolved config as YAML text."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+__all__ = [
+    "EvalConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "dump_config",
+    "from_dict",
+    "load_config",
+    "read_config_file",
+    "to_dict",
+    "validate",
+]

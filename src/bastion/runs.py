@@ -2,14 +2,55 @@
 
 These are the library functions behind ``bastion train`` and ``bastion eval``; the CLI
 only parses arguments and shows progress.
+
+A run folder is a transaction log (layout in ``bastion.train.checkpoint``). What
+``train_from_config`` promises:
+
+- **Nothing is written before everything is validated.** The whole config is checked and
+  the method, datasets, model, optimizer, schedule and per-epoch evaluation are built
+  first; a config that fails leaves the folder untouched (no ``config.yaml``, no
+  ``model.json``).
+- **One writer at a time.** The whole of training holds the folder's OS lock
+  (``bastion.train.run_lock.run_lock``, released by the kernel if the process dies,
+  ``kill -9`` included); a second writer gets ``RunLockedError`` naming the holder's pid
+  and writes nothing.
+- **The config is bound to the weights.** Every checkpoint holds the resolved config it
+  was trained with (``run_config.json``) and its history. A rerun resumes the last
+  checkpoint only if its config equals the checkpoint's (compared as parsed
+  ``TrainConfig``, so a key added to bastion later, at its default, does not block an
+  older run); otherwise it refuses with ``RunFolderError`` naming the differing keys.
+  ``config.yaml`` is rewritten on every start and so always describes the saved weights.
+  (Checkpoints written before configs were saved with them are compared with
+  ``config.yaml``; without one they are refused.)
+- **Starting over is explicit.** A start that does not resume (``resume=False``,
+  ``bastion train --no-resume``) into a folder that holds results (checkpoints,
+  ``history.jsonl``, ``eval/``, ``certify/``) is refused unless ``overwrite=True``
+  (``bastion train --overwrite``). With ``overwrite`` the old run -- its checkpoints,
+  history, eval and certify records, config.yaml and model.json -- is moved aside to
+  ``run_dir/.replaced-<time>/`` (itself a loadable run folder) before the new
+  ``config.yaml`` is written, and training starts from scratch. ``--no-resume`` alone is
+  therefore only useful on a folder without results; ``--overwrite`` implies it.
+- **Interruptions repair themselves.** On every start, under the lock, the leftovers of an
+  interrupted write (``.*.tmp`` files and folders, a checkpoint folder never committed by
+  ``last.json``) are removed, and ``history.jsonl`` is rewritten from the checkpoint's
+  history. So after a kill at any moment, rerunning the same command resumes exactly (or
+  starts afresh if no epoch had finished), and a rerun of a finished run repairs
+  ``history.jsonl`` and trains nothing.
+- **What is loaded is checked.** ``load_model``, ``evaluate_run`` and resume refuse
+  checkpoint pointers that lead outside ``run_dir/checkpoints`` and report truncated or
+  corrupt files (safetensors, JSON, ``model.json``) as ``CheckpointError`` naming the file
+  and the way to recover.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,23 +59,40 @@ from typing import Any
 import torch
 from torch import nn
 
+from bastion._validate import check_device
 from bastion.attacks.evaluate import evaluate_attack
 from bastion.attacks.spec import AttackSpec
 from bastion.certify.config import CertifyConfig
 from bastion.certify.pipeline import certify_dataset, dist_info
 from bastion.certify.registry import smoothing_certifier
 from bastion.certify.summary import summarize
-from bastion.config import TrainConfig, dump_config, from_dict, to_dict
+from bastion.config import TrainConfig, dump_config, from_dict, read_config_file, to_dict
+from bastion.config import validate as validate_config
 from bastion.data import load_dataset
-from bastion.errors import InputError, InputTypeError, MissingFileError
+from bastion.errors import (
+    BastionError,
+    CheckpointError,
+    ConfigError,
+    InputError,
+    InputTypeError,
+    MissingFileError,
+    RunFolderError,
+)
 from bastion.models import architecture_signature, build
 from bastion.noise import from_std
 from bastion.records import CertificationRow, EvalResult, History
 from bastion.records.io import atomic_write_bytes, atomic_write_json, save_record
-from bastion.train.checkpoint import Which, checkpoint_dir, load_model_state
+from bastion.train.checkpoint import (
+    Which,
+    checkpoint_dir,
+    clean_stale,
+    load_model_state,
+    load_run_config,
+)
 from bastion.train.evaluation import EvalPlan, per_epoch_evaluation
 from bastion.train.loop import fit
 from bastion.train.registry import build_method
+from bastion.train.run_lock import run_lock
 from bastion.train.schedules import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -50,6 +108,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         if acc is None:
             return torch.device("cpu")
         return torch.device(acc.type, int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        check_device(name, "device")
+    except InputError as err:
+        raise ConfigError(str(err)) from None
     return torch.device(name)
 
 
@@ -94,15 +156,18 @@ def build_model_from_metadata(meta: dict[str, Any]) -> nn.Module:
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     o = cfg.optim
-    if o.name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=o.lr,
-            momentum=o.momentum,
-            weight_decay=o.weight_decay,
-            nesterov=o.nesterov,
-        )
-    return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    try:
+        if o.name == "sgd":
+            return torch.optim.SGD(
+                model.parameters(),
+                lr=o.lr,
+                momentum=o.momentum,
+                weight_decay=o.weight_decay,
+                nesterov=o.nesterov,
+            )
+        return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    except ValueError as err:  # torch's own argument checks (e.g. Nesterov without momentum)
+        raise ConfigError(f"optim: {err}") from None
 
 
 def eval_attack(cfg: TrainConfig) -> AttackSpec | None:
@@ -118,22 +183,41 @@ def train_from_config(
     run_dir: str | os.PathLike,
     *,
     resume: bool = True,
+    overwrite: bool = False,
     on_batch: Callable[[int, int, int], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> History:
-    """Train the model described by ``cfg`` into ``run_dir`` (resuming if it has a checkpoint).
+    """Train the model described by ``cfg`` into ``run_dir``, resuming its last checkpoint.
 
-    Writes ``config.yaml`` (resolved), ``model.json``, checkpoints and ``history.jsonl``.
-    Refuses to resume a folder whose saved config differs from ``cfg``.
+    Writes ``config.yaml`` (resolved), ``model.json``, checkpoints (each holding the
+    config and history) and ``history.jsonl``. The module docstring has the rules; in
+    short: everything is validated before anything is written; the folder's lock is held
+    throughout (``RunLockedError`` if another process holds it); a checkpoint trained with
+    another config is refused (``RunFolderError``); a start that does not resume into a
+    folder holding results needs ``overwrite=True``, which moves the old run aside to
+    ``run_dir/.replaced-<time>/`` first.
+
+    Args:
+        cfg: the run's config.
+        run_dir: the run folder (created if missing).
+        resume: continue from the last checkpoint when there is one (with the same
+            config). False: start over, which a folder holding results allows only with
+            ``overwrite``.
+        overwrite: start over even if the folder holds a run, moving that run aside.
+        on_batch: ``on_batch(epoch, step, steps_per_epoch)`` after each step.
+        on_epoch: called with each epoch's record.
     """
     run_dir = Path(run_dir)
+    # 1. validate and build everything; nothing is written before the lock is taken below.
+    # (A TrainConfig checks its values when built; validate adds this machine's checks.)
+    validate_config(cfg)
+    device = resolve_device(cfg.device)
     method = build_method(cfg.method, **cfg.method_options)
     train = load_dataset(cfg.dataset, "train", cfg.data_dir)
     test = load_dataset(cfg.dataset, "test", cfg.data_dir)
     if cfg.train_subset is not None:
         train = train.subset(cfg.train_subset)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
     init_distributed(device)
     model = build(
         cfg.model,
@@ -149,26 +233,6 @@ def train_from_config(
             raise MissingFileError(f"init_from: {cfg.init_from!r} has no finished checkpoint")
         load_model_state(model, ckpt)
         log.info("initialised the model from %s", ckpt)
-    cfg_text = dump_config(cfg)
-    saved = run_dir / "config.yaml"
-    resuming = resume and saved.exists() and checkpoint_dir(run_dir, "last") is not None
-    if resuming and load_config_of(run_dir) != cfg:
-        # compared as parsed configs: a key added to TrainConfig later (at its default)
-        # does not block resuming an older run
-        raise InputError(
-            f"{run_dir} holds a run with a different config; resume it with the same "
-            "config, or pass another --out (or --no-resume to start over)"
-        )
-    rank = int(os.environ.get("RANK", "0"))
-    if rank == 0:
-        atomic_write_bytes(saved, cfg_text.encode())
-        atomic_write_json(
-            run_dir / "model.json",
-            {
-                **model_metadata(cfg, train.num_classes, train.shape),
-                "signature": architecture_signature(model),
-            },
-        )
     optimizer = _optimizer(model, cfg)
     steps = max(1, len(train) // cfg.batch_size) * cfg.epochs
     scheduler = build_scheduler(optimizer, cfg.schedule, steps)
@@ -179,33 +243,179 @@ def train_from_config(
         batch_size=cfg.eval.batch_size,
         seed=cfg.seed,
     )
-    return fit(
-        model,
-        method,
-        train,
-        optimizer,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        scheduler=scheduler,
-        evaluate=per_epoch_evaluation(plan, test, train),
-        run_dir=run_dir,
-        resume=resume,
-        seed=cfg.seed,
-        patience=cfg.patience,
-        channels_last=cfg.channels_last,
-        on_batch=on_batch,
-        on_epoch=on_epoch,
-    )
+    evaluate = per_epoch_evaluation(plan, test, train)
+    run_config = to_dict(cfg)
+    try:
+        json.dumps(run_config, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config: a value cannot be saved with the checkpoints ({err})") from None
+    cfg_text = dump_config(cfg)
+    meta = {
+        **model_metadata(cfg, train.num_classes, train.shape),
+        "signature": architecture_signature(model),
+    }
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"run folder {str(run_dir)!r} is a file, not a folder")
+    # 2. everything is built and valid: from here on the folder is written, under its lock
+    rank = int(os.environ.get("RANK", "0"))
+    with run_lock(run_dir) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            _prepare_run_folder(run_dir, cfg, resume=resume, overwrite=overwrite)
+            atomic_write_bytes(run_dir / "config.yaml", cfg_text.encode())
+            atomic_write_json(run_dir / "model.json", meta)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # the other ranks read the folder once rank 0 has prepared it
+        return fit(
+            model,
+            method,
+            train,
+            optimizer,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            scheduler=scheduler,
+            evaluate=evaluate,
+            run_dir=run_dir,
+            # after _prepare_run_folder the folder holds a checkpoint exactly when this
+            # run resumes it (a start over moved the old one aside)
+            resume=True,
+            seed=cfg.seed,
+            patience=cfg.patience,
+            channels_last=cfg.channels_last,
+            on_batch=on_batch,
+            on_epoch=on_epoch,
+            run_config=run_config,
+            same_config=lambda saved, _new: _checkpoint_config(saved, run_dir) == cfg,
+        )
+
+
+_RESULTS = ("history.jsonl", "eval", "certify", "checkpoints")
+"""What a run folder holds that belongs to its weights (moved aside together, weights last)."""
+
+
+def _results(run_dir: Path) -> list[str]:
+    """The entries of ``run_dir`` that record a run (an empty history or folder does not)."""
+    held = []
+    for name in _RESULTS:
+        p = run_dir / name
+        if p.is_dir() and not p.is_symlink():
+            if any(p.iterdir()):
+                held.append(name)
+        elif p.is_symlink() or (p.exists() and p.stat().st_size > 0):
+            held.append(name)
+    return held
+
+
+def _move_aside(run_dir: Path, names: list[str]) -> Path:
+    """Move ``names`` (and the old config.yaml / model.json) to ``run_dir/.replaced-<time>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = run_dir / f".replaced-{stamp}"
+    k = 1
+    while dest.exists():
+        k += 1
+        dest = run_dir / f".replaced-{stamp}-{k}"
+    dest.mkdir()
+    for name in [*names, "config.yaml", "model.json"]:
+        src = run_dir / name
+        if src.exists() or src.is_symlink():
+            os.replace(src, dest / name)
+    log.warning("moved the previous run of %s aside to %s", run_dir, dest)
+    return dest
+
+
+def _checkpoint_config(saved: Any, where: Path) -> TrainConfig:
+    """The ``TrainConfig`` a checkpoint's ``run_config.json`` holds."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"the config saved with the last checkpoint of {where} is not a "
+                              "mapping; start the run over with --overwrite")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return from_dict(TrainConfig, saved)
+    except BastionError as err:
+        raise RunFolderError(
+            f"the config saved with the last checkpoint of {where} does not load in this "
+            f"version of bastion ({err}); start the run over with --overwrite, or use "
+            "another --out"
+        ) from None
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _config_diff(old: TrainConfig, new: TrainConfig) -> str:
+    a, b = _flat(to_dict(old)), _flat(to_dict(new))
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, ...) != b.get(k, ...))
+    parts = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys[:6]]
+    if not parts:
+        return "their values differ"
+    return "; ".join(parts) + ("; ..." if len(keys) > 6 else "")
+
+
+def _prepare_run_folder(run_dir: Path, cfg: TrainConfig, *, resume: bool,
+                        overwrite: bool) -> None:
+    """Under the lock: clean leftovers, then check that ``cfg`` may resume or start here."""
+    clean_stale(run_dir)
+    held = _results(run_dir)
+    if overwrite:
+        if held:
+            _move_aside(run_dir, held)
+        return
+    if not resume:
+        if held:
+            raise RunFolderError(
+                f"{run_dir} already holds a run ({', '.join(held)}); --no-resume starts over "
+                "only together with --overwrite (overwrite=True), which moves the old run "
+                f"aside to {run_dir}/.replaced-<time>/; or use another --out"
+            )
+        return
+    last = checkpoint_dir(run_dir, "last")
+    if last is None:
+        if held:
+            raise RunFolderError(
+                f"{run_dir} holds results ({', '.join(held)}) but no checkpoint to resume; "
+                "pass --overwrite (overwrite=True) to move them aside and start over, or use "
+                "another --out"
+            )
+        return
+    saved = load_run_config(last)
+    if saved is not None:
+        old = _checkpoint_config(saved, run_dir)
+    elif (run_dir / "config.yaml").is_file():  # a checkpoint written before configs were
+        old = load_config_of(run_dir)           # saved with checkpoints: config.yaml decides
+    else:
+        raise RunFolderError(
+            f"{run_dir} holds a checkpoint ({last.name}) without its config (written by an "
+            "older bastion) and no config.yaml, so what it was trained with is unknown; pass "
+            "--overwrite (overwrite=True) to move it aside and start over, or use another --out"
+        )
+    if old != cfg:
+        # compared as parsed configs: a key added to TrainConfig later (at its default)
+        # does not block resuming an older run
+        raise RunFolderError(
+            f"{run_dir} holds a run with a different config ({_config_diff(old, cfg)}); "
+            "resume it with the same config, pass --overwrite (overwrite=True) to move it "
+            "aside and start over, or use another --out"
+        )
 
 
 def load_config_of(run_dir: str | os.PathLike) -> TrainConfig:
-    """The resolved config saved in a run folder."""
-    import yaml
-
+    """The resolved config saved in a run folder (``config.yaml``)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise MissingFileError(f"{run_dir} is not a bastion run folder (no config.yaml)")
-    return from_dict(TrainConfig, yaml.safe_load(path.read_text()))
+    data = read_config_file(path)  # ConfigError naming the file if it is not a YAML mapping
+    try:
+        return from_dict(TrainConfig, data)
+    except BastionError as err:
+        raise type(err)(f"{path}: {err}") from None
 
 
 def load_model(
@@ -225,6 +435,9 @@ def load_model(
         x_adv = atk(x, y)
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{str(run_dir)!r} is a file; load_model takes a run folder "
+                             "written by 'bastion train' (with model.json and checkpoints/)")
     if not run_dir.is_dir():
         raise MissingFileError(f"run folder {str(run_dir)!r} does not exist")
     meta_path = run_dir / "model.json"
@@ -233,9 +446,24 @@ def load_model(
     ckpt = checkpoint_dir(run_dir, which)
     if ckpt is None:
         raise MissingFileError(f"{run_dir} has no {which!r} checkpoint yet (no finished epoch)")
-    model = build_model_from_metadata(json.loads(meta_path.read_text()))
+    model = build_model_from_metadata(_read_model_json(meta_path))
     load_model_state(model, ckpt)
     return model.to(device).eval()
+
+
+def _read_model_json(path: Path) -> dict[str, Any]:
+    """``model.json`` parsed and checked to hold what ``build_model_from_metadata`` needs."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); it is rewritten by rerunning "
+                              "the run's 'bastion train' command") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("architecture"), str)
+            and isinstance(meta.get("build"), dict)):
+        raise CheckpointError(f'{path} does not describe a model (needs "architecture" and '
+                              '"build"); it is rewritten by rerunning the run\'s '
+                              "'bastion train' command")
+    return meta
 
 
 def eval_record_path(

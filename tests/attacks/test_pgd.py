@@ -181,6 +181,47 @@ def test_bad_target_shape(tiny_model, tiny_batch):
         pgd(tiny_model, x, torch.zeros(3, dtype=torch.int64), eps=0.1)
 
 
+def test_labels_as_a_python_list_name_the_expected_tensor(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    with pytest.raises(TypeError, match=r"target must be a torch.Tensor: int64 labels of shape "
+                       r"\[8\].*got list"):
+        pgd(tiny_model, x, y.tolist(), eps=0.1)  # type: ignore[arg-type]
+
+
+def test_labels_outside_the_models_classes(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    bad = y.clone()
+    bad[0] = 5  # the tiny model has 5 outputs: classes 0..4
+    with pytest.raises(ValueError, match=r"class indices in \[0, 4\] for a model with 5 outputs"):
+        pgd(tiny_model, x, bad, eps=0.1, steps=2)
+    bad[0] = -1
+    with pytest.raises(ValueError, match=r"got values in \[-1, "):
+        pgd(tiny_model, x, bad, eps=0.1, steps=2)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"steps": 2.5}, TypeError, "steps must be an int"),
+    ({"restarts": 0}, ValueError, "restarts must be an int >= 1"),
+    ({"tau": -1}, ValueError, "tau must be an int >= 0"),
+    ({"eps": torch.full((3,), 0.1)}, ValueError, "8 per-example radii"),
+])
+def test_bad_counts_and_radii(tiny_model, tiny_batch, kwargs, error, match):
+    x, y = tiny_batch
+    with pytest.raises(error, match=match):
+        pgd(tiny_model, x, y, **{"eps": 0.1, **kwargs})
+
+
+def test_the_label_check_runs_no_extra_forward(tiny_batch):
+    """The class-range check reads the first step's logits: no forward pass outside the
+    attack's mode, so BatchNorm statistics are untouched by the check."""
+    x, y = tiny_batch
+    model = _model_with_dropout_and_bn().train()
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(m.training))
+    pgd(model, x, y, eps=0.1, steps=2, train_mode=False)
+    assert calls and not any(calls)  # every forward in eval mode (the attack's mode)
+
+
 # --- evaluation-time L2 PGD reaches the optimum -------------------------------------------
 
 

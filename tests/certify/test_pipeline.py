@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,11 +22,19 @@ from bastion.certify.pipeline import (
     selected_indices,
 )
 from bastion.certify.registry import CERTIFIERS, certify_smoothing, smoothing_certifier
-from bastion.certify.rowstore import merge_shards, read_header, read_rows, shard_path
+from bastion.certify.rowstore import (
+    RowStore,
+    lock_path,
+    merge_shards,
+    read_header,
+    read_rows,
+    shard_path,
+)
 from bastion.certify.smoothing_certifiers import CohenCertifier, SequentialCertifier
 from bastion.cli import main
 from bastion.config import EvalConfig, TrainConfig
 from bastion.data import load_dataset
+from bastion.errors import RunLockedError
 from bastion.models import build
 from bastion.noise import Gaussian
 from bastion.records import Certificate, CertificationRow
@@ -176,6 +185,62 @@ def test_a_file_without_a_header_or_with_a_bad_row_is_refused(setup, tmp_path: P
         read_rows(good)
     with pytest.raises(FileNotFoundError):
         read_rows(tmp_path / "absent.jsonl")
+
+
+def test_one_writer_per_certification_file(setup, tmp_path: Path) -> None:
+    """The row store's lock: a second writer is refused before it reads or writes anything;
+    the lock goes with the store (close, ``with``, the end of a certification); each shard
+    file has its own; merging takes the output's. (tests/test_fault_injection.py kills
+    real processes.)"""
+    model, x, y = setup
+    out = tmp_path / "c.jsonl"
+    rows = certify_dataset(cohen(model), x, y, out_path=out, **RUN)  # released on return
+    assert lock_path(out) == tmp_path / "c.jsonl.lock"
+    assert lock_path(out).read_text().strip() == str(os.getpid())
+    params = read_header(out)
+    cut = out.read_bytes()[:-7]  # a half-written last line, which only the writer may cut
+    out.write_bytes(cut)
+    (tmp_path / ".c.jsonl.x1y2.tmp").write_bytes(b"left by a killed writer")
+    store = RowStore.open(out, params)
+    assert out.read_bytes() == cut[: cut.rfind(b"\n") + 1] and len(store.done) == len(rows) - 1
+    assert not (tmp_path / ".c.jsonl.x1y2.tmp").exists()  # stale temporary file removed
+    out.write_bytes(cut)
+    with pytest.raises(RunLockedError, match=re.escape(str(out))) as err:
+        RowStore.open(out, params)
+    assert f"process {os.getpid()}" in str(err.value) and isinstance(err.value, ValueError)
+    with pytest.raises(RunLockedError):
+        certify_dataset(cohen(model), x, y, out_path=out, **RUN)
+    assert out.read_bytes() == cut  # the refused writers changed nothing
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        store.append(rows[:1])
+    with RowStore.open(out, params) as again:
+        assert again.done == rows[:-1]
+    assert again.closed
+    assert no_seconds(certify_dataset(cohen(model), x, y, out_path=out, **RUN)) == \
+        no_seconds(rows)
+    # a refused open of another certification (other params) releases the lock at once
+    with pytest.raises(ValueError, match="other parameters"):
+        RowStore.open(out, {**params, "seed": 6})
+    RowStore.open(out, params).close()
+
+    # shards: one lock each, and merging holds the output's
+    merged = tmp_path / "m.jsonl"
+    s0 = RowStore.open(shard_path(merged, 0, 2), params)
+    s1 = RowStore.open(shard_path(merged, 1, 2), params)  # the other rank: not blocked
+    with pytest.raises(RunLockedError, match="rank0-of-2"):
+        RowStore.open(shard_path(merged, 0, 2), params)
+    s0.close()
+    s1.close()
+    for rank in (0, 1):
+        certify_shard(cohen(model), x, y, rank=rank, world_size=2,
+                      out_path=shard_path(merged, rank, 2), **RUN)
+    with RowStore.open(merged, params), pytest.raises(RunLockedError, match="m.jsonl"):
+        merge_shards(merged, 2)
+    assert not merged.read_bytes().count(b"\n") > 1  # only the header the holder wrote
+    merged.unlink()
+    assert no_seconds(merge_shards(merged, 2)) == no_seconds(rows)
 
 
 def test_sequential_mode_rows(setup, tmp_path: Path) -> None:

@@ -288,8 +288,9 @@ def test_nothing_found_lists_every_place_and_how_to_get_the_data(
     for needle in (
         "apt-get install dataset-fashion-mnist",
         "scripts/get_fashion_mnist.sh",
-        "--data-dir",
-        "BASTION_DATA",
+        "`data_dir: FOLDER` in the run config",
+        "`--set data_dir=FOLDER`",
+        "BASTION_DATA=FOLDER",
         str(isolated / "debian" / DPKG_SUB),
         str(isolated / "xdg"),
         str(isolated / "cwd" / ".cache"),
@@ -297,6 +298,7 @@ def test_nothing_found_lists_every_place_and_how_to_get_the_data(
         "t10k-images-idx3-ubyte",
     ):
         assert needle in msg, needle
+    assert "--data-dir" not in msg  # no such flag: the hint names the options that exist
 
 
 def test_corrupt_fashion_file_gives_a_clear_error(tmp_path: Path) -> None:
@@ -403,6 +405,36 @@ def test_mnist_missing_folder_says_download_is_left_to_the_user(tmp_path: Path) 
     assert str(tmp_path / "absent") in str(info.value)
     with pytest.raises(FileNotFoundError, match="data_dir"):
         load_dataset("mnist", "train")  # no folder given at all
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_no_folder_hint_names_the_options_that_exist(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BASTION_DATA", raising=False)
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset(name, "test")  # type: ignore[arg-type]
+    msg = str(info.value)
+    for needle in ("`data_dir: FOLDER` in the run config", "`--set data_dir=FOLDER`",
+                   "load_dataset(..., data_dir=FOLDER)", "BASTION_DATA=FOLDER"):
+        assert needle in msg, needle
+    assert "--data-dir" not in msg  # bastion has no such flag
+
+
+def test_truncated_mnist_files_are_a_user_error_naming_the_folder(tmp_path: Path) -> None:
+    from bastion.errors import BastionError
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for p, n in (("train", 3), ("t10k", 2)):
+        write_idx(raw / f"{p}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), np.uint8))
+        write_idx(raw / f"{p}-labels-idx1-ubyte", np.zeros(n, np.uint8))
+    images = raw / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:500])
+    with pytest.raises(BastionError, match=r"MNIST files in .*MNIST/raw cannot be read"):
+        load_dataset("mnist", "test", data_dir=tmp_path)
+    assert issubclass(IdxFormatError, BastionError)  # a corrupt IDX file is a user error too
 
 
 def test_mnist_torchvision_root_and_plain_folder(

@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from bastion._torch import model_mode
-from bastion._validate import check_choice, check_images, check_labels
+from bastion._validate import check_choice, check_images, check_int, check_labels
 from bastion.attacks.core import perturbation_norm
 from bastion.attacks.minimal import MinimalResult, fmn, minimal_eps_by_bisection
 from bastion.attacks.pgd import ATTACK_NORMS
 from bastion.attacks.spec import AttackSpec
-from bastion.errors import InputError
+from bastion.errors import InputError, InputTypeError
 from bastion.records import AttackOutcome, EvalResult
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,36 @@ def _check_batch_size(batch_size: int) -> None:
         raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
 
 
+def _check_common(model: nn.Module, batch_size: int, seed: int,
+                  index: torch.Tensor | None, n: int,
+                  progress: Callable[[int], None] | None) -> None:
+    """The arguments every evaluation takes, checked before the first forward pass."""
+    if not isinstance(model, nn.Module):
+        raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if next(model.parameters(), None) is None:
+        raise InputError("model has no parameters (the evaluation puts its inputs on the "
+                         "device of the model's parameters)")
+    _check_batch_size(batch_size)
+    check_int(seed, "seed", low=0)
+    if index is not None:
+        if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.is_floating_point():
+            got = (f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor)
+                   else type(index).__name__)
+            raise InputTypeError(f"index must be an integer tensor of shape [N], got {got}")
+        if index.shape[0] != n:
+            raise InputError(f"index has {index.shape[0]} entries but there are {n} images")
+    if progress is not None and not callable(progress):
+        raise InputTypeError(f"progress must be callable or None, got {progress!r}")
+
+
+def _check_label_range(labels: torch.Tensor, logits: torch.Tensor) -> None:
+    k = logits.shape[1]
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= k:
+        raise InputError(f"labels must be class indices in [0, {k - 1}] for a model with {k} "
+                         f"outputs, got values in [{lo}, {hi}]")
+
+
 def _index(index: torch.Tensor | None, n: int) -> torch.Tensor:
     return torch.arange(n) if index is None else index.detach().cpu().long()
 
@@ -45,6 +75,8 @@ def _index(index: torch.Tensor | None, n: int) -> torch.Tensor:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Class predictions [N] of ``model`` in eval mode, in batches."""
+    check_images(x)
+    _check_batch_size(batch_size)
     with model_mode(model, False):
         chunks = [model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
         return torch.cat(chunks)
@@ -83,9 +115,15 @@ def evaluate_attacks(
     """
     check_images(images, "images")
     check_labels(labels, images.shape[0], "labels")
-    if not attacks:
-        raise InputError("evaluate_attacks needs at least one attack")
-    _check_batch_size(batch_size)
+    if isinstance(attacks, AttackSpec):
+        attacks = [attacks]
+    if not isinstance(attacks, Sequence) or not attacks:
+        raise InputError("evaluate_attacks needs a list of at least one AttackSpec, got "
+                         f"{attacks!r}")
+    bad = [type(a).__name__ for a in attacks if not isinstance(a, AttackSpec)]
+    if bad:
+        raise InputTypeError(f"attacks must be AttackSpec objects, got {', '.join(bad)}")
+    _check_common(model, batch_size, seed, index, len(images), progress)
     device = next(model.parameters()).device
     gens = [torch.Generator(device=device).manual_seed(seed) for _ in attacks]
     clean: list[torch.Tensor] = []
@@ -97,7 +135,10 @@ def evaluate_attacks(
             x = images[i : i + batch_size].to(device)
             y = labels[i : i + batch_size].to(device)
             with torch.no_grad():
-                cp = model(x).argmax(1)
+                logits = model(x)
+            if i == 0:
+                _check_label_range(labels, logits)
+            cp = logits.argmax(1)
             ok = cp == y
             clean.append(cp.cpu())
             for j, attack in enumerate(attacks):
@@ -219,7 +260,7 @@ def evaluate_minimal(
     check_labels(labels, images.shape[0], "labels")
     check_choice(attack, MINIMAL_ATTACKS, "minimal attack")
     check_choice(norm, ATTACK_NORMS, "attack norm")
-    _check_batch_size(batch_size)
+    _check_common(model, batch_size, seed, index, len(images), progress)
     if attack == "bisection" and eps_max is None:
         raise InputError("attack='bisection' needs eps_max, the largest radius it searches")
     if attack == "fmn" and eps_max is not None:
@@ -250,7 +291,10 @@ def evaluate_minimal(
             x = images[i : i + batch_size].to(device)
             y = labels[i : i + batch_size].to(device)
             with torch.no_grad():
-                cp = model(x).argmax(1)
+                logits = model(x)
+            if i == 0:
+                _check_label_range(labels, logits)
+            cp = logits.argmax(1)
             ok = cp == y
             ap = cp.clone()
             pn = torch.zeros(len(x), dtype=torch.float32, device=device)

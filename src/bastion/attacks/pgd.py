@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bastion._torch import model_mode, unwrap
-from bastion._validate import check_choice, check_images, check_radius
+from bastion._validate import check_choice, check_images, check_int, check_radius
 from bastion.attacks.core import (
     AttackResult,
     as_radius,
@@ -31,12 +31,19 @@ from bastion.attacks.core import (
     random_start,
 )
 from bastion.attacks.objectives import ObjectiveLike, per_example_objective, resolve_objective
-from bastion.errors import InputError
+from bastion.errors import InputError, InputTypeError
 from bastion.types import Norm
 
 ATTACK_NORMS = ("linf", "l2")
 # A radius beyond which the ball covers the whole image box: linf 1, l2 sqrt(d) (checked per call).
 _MAX_LINF = 1.0
+
+
+def _check_label_range(label_range: tuple[int, int], k: int) -> None:
+    lo, hi = label_range
+    if lo < 0 or hi >= k:
+        raise InputError(f"target labels must be class indices in [0, {k - 1}] for a model "
+                         f"with {k} outputs, got values in [{lo}, {hi}]")
 
 
 def _labels_of(target: torch.Tensor) -> torch.Tensor:
@@ -108,16 +115,25 @@ def pgd(
         True
     """
     check_images(x)
+    if not isinstance(target, torch.Tensor):
+        raise InputTypeError(
+            f"target must be a torch.Tensor: int64 labels of shape [{x.shape[0]}] (e.g. "
+            f"torch.tensor(labels, dtype=torch.int64)), or clean probabilities [N, K] for "
+            f"'kl'; got {type(target).__name__}"
+        )
+    if target.device != x.device:
+        raise InputError(f"target is on {target.device} but x is on {x.device}; put both on "
+                         "the model's device")
     check_choice(norm, ATTACK_NORMS, "attack norm")
     fn = resolve_objective(objective)
     upper = _MAX_LINF if norm == "linf" else float(x[0].numel()) ** 0.5
     check_radius(eps, "eps", upper=upper)
-    if not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps must be an int >= 1, got {steps!r}")
-    if restarts < 1:
-        raise InputError(f"restarts must be >= 1, got {restarts}")
-    if tau < 0:
-        raise InputError(f"tau must be >= 0, got {tau}")
+    if isinstance(eps, torch.Tensor) and eps.numel() not in (1, x.shape[0]):
+        raise InputError(f"eps must be a float or a tensor of {x.shape[0]} per-example radii, "
+                         f"got shape {tuple(eps.shape)}")
+    check_int(steps, "steps", low=1)
+    check_int(restarts, "restarts", low=1)
+    check_int(tau, "tau", low=0)
     if objective == "kl":
         if target.dim() != 2 or target.shape[0] != x.shape[0]:
             raise InputError("the 'kl' objective takes clean probabilities of shape [N, K]")
@@ -150,6 +166,8 @@ def pgd(
         pred = logits.argmax(dim=1)
         return pred == labels[idx] if targeted else pred != labels[idx]
 
+    label_range = (int(labels.min()), int(labels.max())) if target.dtype == torch.int64 else None
+
     best_adv = x.clone()
     best_success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
@@ -176,6 +194,9 @@ def pgd(
                     break
                 xa = x_adv[idx].requires_grad_(True)
                 logits = net(xa)
+                if label_range is not None:  # once, on the first step's logits
+                    _check_label_range(label_range, logits.shape[1])
+                    label_range = None
                 loss = per_example_objective(fn, logits, target[idx])
                 (grad,) = torch.autograd.grad(sign * loss.sum(), xa)
                 is_fooled = fooled(logits.detach(), idx)

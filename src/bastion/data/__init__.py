@@ -26,14 +26,16 @@ from bastion.data.fashion_mnist import (
 )
 from bastion.data.idx import IdxFormatError, read_idx, write_idx
 from bastion.data.locate import IdxFiles
-from bastion.data.registry import DATASETS, DatasetName, load_dataset
+from bastion.data.registry import DATASET_INFO, DATASETS, DatasetInfo, DatasetName, load_dataset
 from bastion.data.torchvision_sets import CIFAR10_CLASSES, MNIST_CLASSES
 
 __all__ = [
     "CIFAR10_CLASSES",
     "DATASETS",
+    "DATASET_INFO",
     "DEBIAN_FASHION_MNIST_DIR",
     "DIGITS_CLASSES",
+    "DatasetInfo",
     "DatasetName",
     "FASHION_MNIST_CLASSES",
     "IdxFiles",

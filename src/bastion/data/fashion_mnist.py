@@ -23,6 +23,7 @@ from bastion.data.cache import _decode_idx_pair, _stamp
 from bastion.data.dataset import SPLITS, ImageDataset, Split
 from bastion.data.locate import (
     _IDX_PREFIX,
+    DATA_DIR_HOWTO,
     ENV_VAR,
     IdxFiles,
     _env_dir,
@@ -73,7 +74,7 @@ _GET_FASHION_MNIST = (
     "repository (works without root: it unpacks that package into "
     ".cache/bastion/data/fashion-mnist/), or put the four IDX files (train-images-idx3-ubyte.gz, "
     "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a "
-    f"folder and pass it with --data-dir / data_dir=..., or set {ENV_VAR}."
+    f"folder and {DATA_DIR_HOWTO}."
 )
 
 _FASHION_SUBDIRS = ("fashion-mnist", "FashionMNIST/raw", str(_DPKG_SUBDIR))

@@ -51,8 +51,11 @@ IDX_DTYPES: dict[int, np.dtype] = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class IdxFormatError(ValueError):
-    """Raised when a file is not a well-formed IDX file (bad magic, wrong size, bad gzip)."""
+class IdxFormatError(InputError):
+    """Raised when a file is not a well-formed IDX file (bad magic, wrong size, bad gzip).
+
+    A user's data file that cannot be read is a user-facing error: an ``InputError`` (so a
+    ``BastionError`` the command line prints without a traceback, and a ``ValueError``)."""
 
 
 def _read_bytes(path: Path) -> bytes:

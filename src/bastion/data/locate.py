@@ -14,6 +14,14 @@ from pathlib import Path
 ENV_VAR = "BASTION_DATA"
 """Environment variable naming a data folder (the files themselves, or a parent of them)."""
 
+DATA_DIR_HOWTO = (
+    "give the folder as data_dir (`data_dir: FOLDER` in the run config, `--set "
+    f"data_dir=FOLDER` on the command line, or load_dataset(..., data_dir=FOLDER)), or set "
+    f"the environment variable {ENV_VAR}=FOLDER"
+)
+"""How to point bastion at a data folder: the options that exist (config key, ``--set``,
+library argument, environment variable), quoted by every "not found" message."""
+
 _IDX_PREFIX: dict[str, str] = {"train": "train", "test": "t10k"}
 
 

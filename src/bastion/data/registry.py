@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 from bastion._validate import check_choice
@@ -33,7 +34,7 @@ from bastion.data.digits import _load_digits
 from bastion.data.fashion_mnist import _load_fashion_mnist
 from bastion.data.torchvision_sets import _load_cifar10, _load_mnist
 
-__all__ = ["DATASETS", "DatasetName", "load_dataset"]
+__all__ = ["DATASETS", "DATASET_INFO", "DatasetInfo", "DatasetName", "load_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,33 @@ DatasetName = Literal["fashion-mnist", "mnist", "cifar10", "digits"]
 """Names accepted by :func:`load_dataset`."""
 
 DATASETS: tuple[str, ...] = get_args(DatasetName)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known of a dataset without reading its files (for checking a config early).
+
+    Args:
+        shape: ``(C, H, W)`` of one image.
+        num_classes: number of classes.
+        train_size: images in the training split.
+        test_size: images in the test split.
+    """
+
+    shape: tuple[int, int, int]
+    num_classes: int
+    train_size: int
+    test_size: int
+
+
+DATASET_INFO: dict[str, DatasetInfo] = {
+    "fashion-mnist": DatasetInfo((1, 28, 28), 10, 60_000, 10_000),
+    "mnist": DatasetInfo((1, 28, 28), 10, 60_000, 10_000),
+    "cifar10": DatasetInfo((3, 32, 32), 10, 50_000, 10_000),
+    "digits": DatasetInfo((1, 8, 8), 10, 1_500, 297),
+}
+"""Image shape, classes and split sizes of each of :data:`DATASETS` (the tests check them
+against the loaders)."""
 
 
 def load_dataset(

@@ -25,7 +25,13 @@ import torch
 
 from bastion.data.cache import _decode_idx_pair, _stamp
 from bastion.data.dataset import ImageDataset, Split
-from bastion.data.locate import _IDX_PREFIX, ENV_VAR, _env_dir, _idx_files, _user_folder_candidates
+from bastion.data.locate import (
+    _IDX_PREFIX,
+    DATA_DIR_HOWTO,
+    _env_dir,
+    _idx_files,
+    _user_folder_candidates,
+)
 from bastion.errors import InputError, MissingFileError
 
 __all__ = ["CIFAR10_CLASSES", "MNIST_CLASSES"]
@@ -55,8 +61,8 @@ def _user_root(what: str, data_dir: str | os.PathLike[str] | None, hint: str) ->
     if env is not None:
         return env
     raise MissingFileError(
-        f"{what} needs a folder: pass data_dir=... (--data-dir) or set {ENV_VAR}. bastion never "
-        f"downloads data; downloading is left to you: {hint}"
+        f"{what} needs a folder: {DATA_DIR_HOWTO}. bastion never downloads data; "
+        f"downloading is left to you: {hint}"
     )
 
 
@@ -73,7 +79,13 @@ def _mnist_torchvision(
     """Read MNIST via torchvision from ``root`` (``key`` only invalidates the cache)."""
     from torchvision.datasets import MNIST
 
-    ds = MNIST(root, train=train, download=False)
+    try:
+        ds = MNIST(root, train=train, download=False)
+    except (RuntimeError, ValueError, OSError, AssertionError) as e:  # truncated raw files
+        raise InputError(
+            f"MNIST files in {Path(root) / 'MNIST' / 'raw'} cannot be read (torchvision: "
+            f"{type(e).__name__}: {e}); replace them with the official ones. {_MNIST_HINT}"
+        ) from e
     x = ds.data.unsqueeze(1).to(torch.float32).div_(255.0)
     return x, ds.targets.to(torch.int64)
 

@@ -24,12 +24,20 @@ class Normalize(nn.Module):
     differentiable, so gradient-based attacks see through it, and it keeps the memory format of
     its input (NCHW or channels-last).
 
+    As the first layer of every model it is also where a wrong input shape is caught: an
+    image of another size than the one the model was built for raises ``InputError`` naming
+    the expected shape, instead of a raw matrix-size error deep inside the network.
+
     Args:
         mean: per-channel means, one float per channel, in [0, 1] pixel units.
         std: per-channel standard deviations, one finite float > 0 per channel.
+        input_size: ``(H, W)`` (or one int for square images) the model was built for;
+            None (the default) accepts any size (architectures with global pooling). Kept
+            as a plain attribute, not a buffer, so checkpoints do not change.
 
     Shape:
-        - Input: ``[N, C, H, W]`` with ``C == len(mean)``.
+        - Input: ``[N, C, H, W]`` with ``C == len(mean)`` (and ``(H, W) == input_size``
+          when given).
         - Output: ``[N, C, H, W]``, same dtype and memory format as the input.
 
     Example:
@@ -41,7 +49,13 @@ class Normalize(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        input_size: int | Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         mean_t = [float(m) for m in mean]
         std_t = [float(s) for s in std]
@@ -58,6 +72,9 @@ class Normalize(nn.Module):
             raise InputError(f"std must be finite and > 0 in every channel, got {std_t}")
         self.register_buffer("mean", torch.tensor(mean_t).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std_t).view(1, -1, 1, 1))
+        self.input_size: tuple[int, int] | None = (
+            None if input_size is None else _as_hw(input_size)
+        )
 
     @property
     def num_channels(self) -> int:
@@ -66,17 +83,29 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` of shape ``[N, C, H, W]`` channel by channel."""
-        if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
+        size = self.input_size
+        if (
+            x.dim() != 4
+            or x.shape[1] != self.mean.shape[1]
+            or (size is not None and tuple(x.shape[2:]) != size)
+        ):
+            built = "" if size is None else f", built for {size[0]}x{size[1]} images"
             raise InputError(
-                f"Normalize expects an NCHW batch with {self.num_channels} channel(s), "
-                f"got shape {tuple(x.shape)}"
+                f"the model expects an NCHW batch of shape {self.expected_shape()} "
+                f"({self.num_channels} channel(s){built}), got shape {tuple(x.shape)}"
             )
         return (x - self.mean) / self.std
+
+    def expected_shape(self) -> str:
+        """The input shape the layer accepts, e.g. ``[N, 1, 28, 28]`` or ``[N, 3, H, W]``."""
+        h, w = ("H", "W") if self.input_size is None else self.input_size
+        return f"[N, {self.num_channels}, {h}, {w}]"
 
     def extra_repr(self) -> str:
         mean = ", ".join(f"{m:.4g}" for m in self.mean.flatten().tolist())
         std = ", ".join(f"{s:.4g}" for s in self.std.flatten().tolist())
-        return f"mean=({mean}), std=({std})"
+        size = "" if self.input_size is None else f", input_size={self.input_size}"
+        return f"mean=({mean}), std=({std}){size}"
 
 
 # Small argument checks shared by the architectures in this sub-package.

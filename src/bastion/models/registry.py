@@ -86,6 +86,36 @@ def dataset_stats(name: str) -> ChannelStats:
     return DATASET_STATS[name]
 
 
+def check_architecture(name: str, options: Mapping[str, object]) -> None:
+    """Raise unless ``name`` is in :data:`MODELS` and ``options`` are its own keywords.
+
+    The check a run config needs before anything is built: an unknown name lists the valid
+    ones, an unknown option lists the architecture's keywords, and the arguments ``build``
+    fills in itself (``num_classes``, ``in_channels``, ``input_size`` from the dataset;
+    ``mean``, ``std`` and ``dataset`` for :class:`Normalize`) are refused as options.
+
+    Example:
+        >>> check_architecture("mlp", {"hidden": [32]})  # fine: no error
+    """
+    if not isinstance(name, str) or name not in MODELS:
+        raise InputError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+    if not isinstance(options, Mapping):
+        raise InputTypeError(f"model options must be a mapping, got {options!r}")
+    valid = _architecture_keywords(name)
+    reserved = sorted(k for k in options if k in (*_COMMON, "mean", "std", "dataset"))
+    if reserved:
+        raise InputError(
+            f"{', '.join(reserved)} cannot be set as options of model {name!r}: bastion takes "
+            "them from the dataset"
+        )
+    unknown = sorted(str(k) for k in options if k not in valid)
+    if unknown:
+        raise InputError(
+            f"unknown option(s) {', '.join(unknown)} for model {name!r}; valid options: "
+            f"{', '.join(valid) if valid else '(none)'}"
+        )
+
+
 def _architecture_keywords(name: str) -> list[str]:
     """The keyword arguments architecture ``name`` accepts besides the common ones."""
     params = inspect.signature(MODELS[name]).parameters
@@ -158,9 +188,11 @@ def build(
             f"normalisation has {len(mean)} channel(s) but in_channels={in_channels}"
             + (f" (statistics of dataset {dataset!r})" if dataset is not None else "")
         )
-    normalize = Normalize(mean, std)
-
     params = inspect.signature(MODELS[name]).parameters
+    # The flatten size of these architectures depends on the input size: the first layer
+    # checks it, so a wrong image size is a clear error, not a matmul shape mismatch.
+    normalize = Normalize(mean, std, input_size=hw if "input_size" in params else None)
+
     common: dict[str, object] = {"num_classes": num_classes, "in_channels": in_channels}
     if "input_size" in params:
         common["input_size"] = hw

@@ -6,6 +6,13 @@ TRADES, MACER, ...). The loop owns batching, the learning-rate schedule, the cal
 per-epoch evaluation it is given (a callable; the loop knows no attack or harness), atomic
 checkpoints, exact resume, early stopping and DDP.
 
+With a ``run_dir``, every finished epoch is one checkpoint (``train.checkpoint``) holding the
+weights, the whole training state, the history so far and, when given, the caller's
+``run_config``; ``history.jsonl`` is a copy of the checkpoint's history, rewritten after each
+checkpoint and again on every (re)start, so a kill between the two writes is repaired by
+the next run. A resume compares ``run_config`` with the one saved in the checkpoint (by the
+caller's ``same_config`` rule) and refuses a different one.
+
 Optional method hooks (duck-typed, no base class):
     ``init_state(dataset_size: int, device) -> state`` once before training: the method's
     explicit state object (CAT's per-example radii, the regenerated set), which the loop
@@ -29,12 +36,13 @@ import torch.distributed as dist
 from torch import nn
 
 from bastion._torch import model_mode
-from bastion.errors import InputError
+from bastion.errors import CheckpointError, InputError, RunFolderError
 from bastion.records import EpochRecord, History, StepContext, StepOutput
 from bastion.records.io import atomic_write_bytes
 from bastion.train.checkpoint import (
     checkpoint_dir,
     load_model_state,
+    load_run_config,
     load_train_state,
     save_checkpoint,
 )
@@ -98,6 +106,8 @@ def fit(
     transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     on_batch: Callable[[int, int, int], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    run_config: Any = None,
+    same_config: Callable[[Any, Any], bool] | None = None,
 ) -> History:
     """Train ``model`` with ``method`` for ``epochs`` epochs.
 
@@ -124,6 +134,12 @@ def fit(
         transform: batch augmentation ``transform(x, generator) -> x`` (stays in [0, 1]).
         on_batch: called as ``on_batch(epoch, step, steps_per_epoch)`` after each step.
         on_epoch: called with each epoch's record.
+        run_config: JSON-safe description of the run (``runs`` passes the resolved config
+            as a dict), saved with every checkpoint; the loop does not interpret it.
+        same_config: ``same_config(saved, run_config) -> bool``, the rule by which a resume
+            accepts the checkpoint's saved config (default ``==``); a checkpoint that
+            fails it raises ``RunFolderError`` before anything is loaded. Checkpoints
+            written without a config are accepted (the caller checks those).
 
     Returns:
         The run's ``History``.
@@ -150,20 +166,38 @@ def fit(
     best = float("-inf")
     since_best = 0
     if run_dir is not None and resume and (ck := checkpoint_dir(run_dir, "last")) is not None:
+        saved_config = load_run_config(ck)
+        if run_config is not None and saved_config is not None:
+            same = (same_config or (lambda a, b: a == b))(saved_config, run_config)
+            if not same:
+                raise RunFolderError(
+                    f"{run_dir} holds a checkpoint ({ck.name}) trained with a different "
+                    "config; resume it with the same config, or start over elsewhere"
+                )
         load_model_state(model, ck)
         saved = load_train_state(ck)
-        optimizer.load_state_dict(saved["optimizer"])
-        if scheduler is not None and saved.get("scheduler") is not None:
-            scheduler.load_state_dict(saved["scheduler"])
-        if method_state is not None and saved.get("method") is not None:
-            method_state.load_state_dict(saved["method"])
-        ranks_rng = saved["rng"]
-        own = ranks_rng[rank] if rank < len(ranks_rng) else ranks_rng[0]
-        _set_rng_state(own, generator, device)
-        history = History.of(saved["history"])
-        start_epoch = int(saved["epoch"])
-        best, since_best = float(saved["best"]), int(saved["since_best"])
+        try:
+            optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None and saved.get("scheduler") is not None:
+                scheduler.load_state_dict(saved["scheduler"])
+            if method_state is not None and saved.get("method") is not None:
+                method_state.load_state_dict(saved["method"])
+            ranks_rng = saved["rng"]
+            own = ranks_rng[rank] if rank < len(ranks_rng) else ranks_rng[0]
+            _set_rng_state(own, generator, device)
+            history = History.of(saved["history"])
+            start_epoch = int(saved["epoch"])
+            best, since_best = float(saved["best"]), int(saved["since_best"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{ck / 'train_state.json'}: cannot restore the training state ({err!r}); "
+                f"start the run in {run_dir} over (bastion train ... --overwrite)"
+            ) from None
         log.info("resumed %s at epoch %d", run_dir, start_epoch)
+    if run_dir is not None and rank == 0:
+        # history.jsonl is a copy of the history training continues from: repairs a kill
+        # between a checkpoint and its history line (and empties it on a fresh start)
+        atomic_write_bytes(Path(run_dir) / "history.jsonl", history.to_jsonl().encode())
 
     local_bs = batch_size // world
     steps_per_epoch = n // batch_size if n >= batch_size else 1
@@ -243,7 +277,8 @@ def fit(
                     "best": best,
                     "since_best": since_best,
                 }
-                save_checkpoint(run_dir, epoch + 1, model, train_state, is_best=is_best)
+                save_checkpoint(run_dir, epoch + 1, model, train_state, is_best=is_best,
+                                run_config=run_config)
                 atomic_write_bytes(Path(run_dir) / "history.jsonl", history.to_jsonl().encode())
             if world > 1:
                 dist.barrier()
