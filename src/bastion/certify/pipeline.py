@@ -196,30 +196,31 @@ def certify_shard(
     wrong = {k: params.get(k) for k, v in run.items() if params.get(k) != v}
     if wrong:
         raise InputError(f"the certifier's header changed the pipeline's entries {wrong}")
-    store = RowStore.open(out_path, params)
-    have = [r.index for r in store.done]
-    if have != assigned[: len(have)]:
-        raise InputError(
-            f"{store.path} holds rows for inputs {have[:5]}... that are not this run's first "
-            f"{len(have)} inputs; pass another output path"
-        )
-    rows = store.done[: len(assigned)]
-    todo = assigned[len(rows) :]
-    per_call = inputs_per_call or certifier.inputs_per_call
-    if progress is not None:
-        progress(len(rows), len(assigned))
-    for start in range(0, len(todo), per_call):
-        group = todo[start : start + per_call]
-        idx = torch.tensor(group, dtype=torch.int64)
-        x = images[idx].to(device)
-        gens = [torch.Generator(device=device).manual_seed(input_seed(seed, i)) for i in group]
-        t0 = time.perf_counter()
-        cert = certifier.certify(x, gens)
-        new = _rows_of(certifier, cert, group, labels[idx], time.perf_counter() - t0)
-        store.append(new)
-        rows.extend(new)
+    # the store holds the file's writer lock: released here even when certifying fails
+    with RowStore.open(out_path, params) as store:
+        have = [r.index for r in store.done]
+        if have != assigned[: len(have)]:
+            raise InputError(
+                f"{store.path} holds rows for inputs {have[:5]}... that are not this run's first "
+                f"{len(have)} inputs; pass another output path"
+            )
+        rows = store.done[: len(assigned)]
+        todo = assigned[len(rows) :]
+        per_call = inputs_per_call or certifier.inputs_per_call
         if progress is not None:
             progress(len(rows), len(assigned))
+        for start in range(0, len(todo), per_call):
+            group = todo[start : start + per_call]
+            idx = torch.tensor(group, dtype=torch.int64)
+            x = images[idx].to(device)
+            gens = [torch.Generator(device=device).manual_seed(input_seed(seed, i)) for i in group]
+            t0 = time.perf_counter()
+            cert = certifier.certify(x, gens)
+            new = _rows_of(certifier, cert, group, labels[idx], time.perf_counter() - t0)
+            store.append(new)
+            rows.extend(new)
+            if progress is not None:
+                progress(len(rows), len(assigned))
     return rows
 
 

@@ -12,9 +12,17 @@ Layout: one header line, then one ``records.CertificationRow`` per line::
   while appending) is cut off, and the complete rows are in ``RowStore.done``.
 - ``RowStore.append(rows)`` writes lines, flushes and fsyncs, so a crash loses at most the
   group being written.
+- One writer per file: ``RowStore.open`` first takes an OS-level lock on ``<file>.lock``
+  (``filelock``, an ``flock`` the kernel releases when the process dies, so a kill -9 never
+  leaves it stuck) and holds it until ``RowStore.close()`` (or the end of a ``with`` block,
+  or the store being garbage collected, or the process exiting). A second writer gets
+  ``errors.RunLockedError`` naming the file and the holder's pid, before anything is read
+  or written. Under the lock, temporary files a killed writer left (``.<file>.*.tmp``) are
+  removed. Readers (``read_rows``, ``read_header``) take no lock: rows are whole lines.
 - Shards: under several processes rank ``r`` of ``w`` writes ``shard_path(out, r, w)``
   (``<stem>.rank<r>-of-<w><suffix>``) and ``merge_shards(out, w)`` joins them into ``out``
-  (written atomically), rows sorted by index, lines unchanged.
+  (written atomically, under ``out``'s lock), rows sorted by index, lines unchanged. Each
+  rank locks its own shard file.
 
 Nothing here knows a certifier's fields: the header ``params`` are whatever the certifier
 reports and the rows' ``details`` are opaque JSON.
@@ -22,15 +30,19 @@ reports and the rows' ``details`` are opaque JSON.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import InputError, MissingFileError
+import filelock
+
+from bastion.errors import InputError, MissingFileError, RunLockedError
 from bastion.records import CertificationRow
 from bastion.records.io import atomic_write_bytes
 
@@ -48,6 +60,57 @@ def shard_path(out_path: str | os.PathLike, rank: int, world_size: int) -> Path:
     """Where rank ``rank`` of ``world_size`` writes its rows: ``<stem>.rank<r>-of-<w><suffix>``."""
     out = Path(out_path)
     return out.with_name(f"{out.stem}.rank{rank}-of-{world_size}{out.suffix}")
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of the certification file ``path``: ``<file>.lock`` next to it."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+def _lock(path: Path) -> filelock.BaseFileLock:
+    """Take the writer lock of ``path`` without waiting (``RunLockedError`` if held)."""
+    lpath = lock_path(path)
+    lpath.parent.mkdir(parents=True, exist_ok=True)
+    try:  # no soft (marker-file) fallback: only a kernel lock is released by kill -9
+        lock = filelock.FileLock(str(lpath), timeout=0, fallback_to_soft=False)
+    except TypeError:  # filelock < 4 has no soft fallback to turn off
+        lock = filelock.FileLock(str(lpath), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        try:
+            holder = lpath.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            holder = ""
+        who = f"process {holder}" if holder.isdigit() else "another process"
+        raise RunLockedError(
+            f"{path} is being written by {who} (one writer per certification file, lock "
+            f"{lpath}); wait for it to finish or stop it, or pass another output path"
+        ) from None
+    try:
+        # the holder's pid, for the message above (best effort: the flock is on another
+        # descriptor and ignores the file's contents)
+        with contextlib.suppress(OSError), open(lpath, "r+") as fh:
+            fh.truncate(0)
+            fh.write(f"{os.getpid()}\n")
+        # Under the lock, a temporary file of this path is a killed writer's leftover.
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    lock = _lock(path)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass(frozen=True)
@@ -111,20 +174,47 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
 class RowStore:
     """An open certification file: its header params and the rows it held when opened.
 
-    Build with ``RowStore.open``. Attributes: ``path`` (Path), ``params`` (the header
+    Build with ``RowStore.open``, which takes the file's writer lock; ``close()`` (or the end
+    of a ``with`` block) releases it. Attributes: ``path`` (Path), ``params`` (the header
     params, JSON-normalised) and ``done`` (the complete rows found, in file order).
     """
 
-    def __init__(self, path: Path, params: dict[str, Any], done: list[CertificationRow]):
+    def __init__(self, path: Path, params: dict[str, Any], done: list[CertificationRow],
+                 lock: filelock.BaseFileLock | None = None):
         self.path = path
         self.params = params
         self.done = done
+        self._lock = lock
+        self._closed = False
+
+    def close(self) -> None:
+        """Release the writer lock (idempotent); ``append`` is refused afterwards."""
+        self._closed = True
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (the lock is released)."""
+        return self._closed
+
+    def __enter__(self) -> RowStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     @classmethod
     def open(cls, path: str | os.PathLike, params: Mapping[str, Any]) -> RowStore:
         """Create ``path`` with a header for ``params``, or reopen it to resume.
 
         Raises:
+            RunLockedError: another process (or another open store) is writing ``path``.
             ValueError: the file holds another header (other params), has no complete
                 header, or a complete line that is not a row.
         """
@@ -132,26 +222,32 @@ class RowStore:
         header = {HEADER_KEY: FORMAT_VERSION, "params": dict(params)}
         text = _dumps(header)  # refuses NaN and non-JSON values before anything is written
         norm = json.loads(text)["params"]
-        if path.exists() and path.stat().st_size > 0:
-            state = _read(path)
-            if state.header is None:
-                raise InputError(f"{path} exists but has no complete header; remove it")
-            if state.header.get("params") != norm:
-                raise InputError(
-                    f"{path} holds a certification with other parameters "
-                    f"({state.header.get('params')}); pass another output path to start a "
-                    "new one"
-                )
-            if state.good_bytes < path.stat().st_size:
-                log.warning("%s: discarding a half-written last line", path)
-                os.truncate(path, state.good_bytes)
-            return cls(path, norm, state.rows)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, (text + "\n").encode())
-        return cls(path, norm, [])
+        lock = _lock(path)
+        try:
+            if path.exists() and path.stat().st_size > 0:
+                state = _read(path)
+                if state.header is None:
+                    raise InputError(f"{path} exists but has no complete header; remove it")
+                if state.header.get("params") != norm:
+                    raise InputError(
+                        f"{path} holds a certification with other parameters "
+                        f"({state.header.get('params')}); pass another output path to start "
+                        "a new one"
+                    )
+                if state.good_bytes < path.stat().st_size:
+                    log.warning("%s: discarding a half-written last line", path)
+                    os.truncate(path, state.good_bytes)
+                return cls(path, norm, state.rows, lock)
+            atomic_write_bytes(path, (text + "\n").encode())
+            return cls(path, norm, [], lock)
+        except BaseException:
+            lock.release()
+            raise
 
     def append(self, rows: Sequence[CertificationRow]) -> None:
         """Append ``rows`` (one line each), flushed and fsynced."""
+        if self._closed:
+            raise InputError(f"{self.path}: this row store is closed (its lock released)")
         data = "".join(r.dumps() + "\n" for r in rows).encode()
         with open(self.path, "ab") as fh:
             fh.write(data)
@@ -168,7 +264,13 @@ def merge_shards(out_path: str | os.PathLike, world_size: int) -> list[Certifica
     Raises:
         FileNotFoundError: a shard is missing.
         ValueError: shards with other headers, or an index in two shards.
+        RunLockedError: another process is writing ``out_path``.
     """
+    with _locked(Path(out_path)):
+        return _merge_shards(out_path, world_size)
+
+
+def _merge_shards(out_path: str | os.PathLike, world_size: int) -> list[CertificationRow]:
     header_line: bytes | None = None
     keyed: list[tuple[int, bytes, CertificationRow]] = []
     for r in range(world_size):
@@ -197,6 +299,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_KEY",
     "RowStore",
+    "lock_path",
     "merge_shards",
     "read_header",
     "read_rows",

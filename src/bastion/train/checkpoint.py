@@ -108,6 +108,41 @@ def save_checkpoint(
     return final
 
 
+def repair_best_pointer(run_dir: str | os.PathLike, history: Any, best: float) -> None:
+    """Point ``best.json`` at the epoch the last checkpoint's history says is best.
+
+    ``save_checkpoint`` commits ``last.json`` first and ``best.json`` after it, so a kill
+    between the two leaves ``best.json`` on an older checkpoint; when that epoch was the
+    last one, no later epoch would ever fix it. On resume (under the run's lock) the loop
+    calls this with the restored history and best score: the best epoch is the first one
+    whose ``best_so_far`` reached ``best`` (scores only replace the best when strictly
+    higher). Nothing happens when no epoch has a finite score or the pointer is right.
+
+    Args:
+        run_dir: the run folder.
+        history: the restored ``records.History``.
+        best: the restored best score (``-inf`` before any finite score).
+    """
+    if not best > float("-inf"):
+        return
+    epoch = next((e.epoch for e in history.epochs if e.best_so_far == best), None)
+    if epoch is None:
+        return
+    ckdir = Path(run_dir) / "checkpoints"
+    name = f"epoch-{epoch:04d}"
+    if not (ckdir / name).is_dir():
+        log.warning("%s: the best epoch %d has no checkpoint folder; best.json left as is",
+                    run_dir, epoch)
+        return
+    current = checkpoint_dir(run_dir, "best")
+    if current is not None and current.name == name:
+        return
+    log.warning("%s: best.json pointed at %s, not the best epoch %s; repaired", run_dir,
+                None if current is None else current.name, name)
+    atomic_write_json(ckdir / "best.json", {"dir": name, "epoch": epoch})
+    _prune(ckdir)
+
+
 def _pointed(ckdir: Path) -> set[str]:
     """The folder names ``last.json`` and ``best.json`` point at (CheckpointError if unreadable)."""
     run_dir = ckdir.parent

@@ -44,6 +44,7 @@ from bastion.train.checkpoint import (
     load_model_state,
     load_run_config,
     load_train_state,
+    repair_best_pointer,
     save_checkpoint,
 )
 
@@ -194,6 +195,8 @@ def fit(
                 f"start the run in {run_dir} over (bastion train ... --overwrite)"
             ) from None
         log.info("resumed %s at epoch %d", run_dir, start_epoch)
+        if rank == 0:
+            repair_best_pointer(run_dir, history, best)
     if run_dir is not None and rank == 0:
         # history.jsonl is a copy of the history training continues from: repairs a kill
         # between a checkpoint and its history line (and empties it on a fresh start)
