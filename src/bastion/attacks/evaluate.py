@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -82,6 +82,23 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.T
         return torch.cat(chunks)
 
 
+def _clean_batches(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Batches ``(x, y, clean predictions)`` on ``device``, the model in eval mode; the
+    labels are checked against the model's number of classes on the first batch."""
+    with model_mode(model, False):
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size].to(device)
+            y = labels[i : i + batch_size].to(device)
+            with torch.no_grad():
+                logits = model(x)
+            if i == 0:
+                _check_label_range(labels, logits)
+            yield x, y, logits.argmax(1)
+
+
 def evaluate_attacks(
     model: nn.Module,
     images: torch.Tensor,
@@ -130,31 +147,23 @@ def evaluate_attacks(
     adv: list[list[torch.Tensor]] = [[] for _ in attacks]
     pert: list[list[torch.Tensor]] = [[] for _ in attacks]
     seconds = [0.0 for _ in attacks]
-    with model_mode(model, False):
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size].to(device)
-            y = labels[i : i + batch_size].to(device)
-            with torch.no_grad():
-                logits = model(x)
-            if i == 0:
-                _check_label_range(labels, logits)
-            cp = logits.argmax(1)
-            ok = cp == y
-            clean.append(cp.cpu())
-            for j, attack in enumerate(attacks):
-                t0 = time.perf_counter()
-                ap = cp.clone()
-                pn = torch.zeros(len(x), device=device)
-                if ok.any():
-                    r = attack.run(model, x[ok], y[ok], generator=gens[j])
-                    with torch.no_grad():
-                        ap[ok] = model(r.x_adv).argmax(1)
-                    pn[ok] = perturbation_norm(r.x_adv - x[ok], attack.norm)
-                adv[j].append(ap.cpu())
-                pert[j].append(pn.float().cpu())
-                seconds[j] += time.perf_counter() - t0
-            if progress is not None:
-                progress(len(x))
+    for x, y, cp in _clean_batches(model, images, labels, batch_size, device):
+        ok = cp == y
+        clean.append(cp.cpu())
+        for j, attack in enumerate(attacks):
+            t0 = time.perf_counter()
+            ap = cp.clone()
+            pn = torch.zeros(len(x), device=device)
+            if ok.any():
+                r = attack.run(model, x[ok], y[ok], generator=gens[j])
+                with torch.no_grad():
+                    ap[ok] = model(r.x_adv).argmax(1)
+                pn[ok] = perturbation_norm(r.x_adv - x[ok], attack.norm)
+            adv[j].append(ap.cpu())
+            pert[j].append(pn.float().cpu())
+            seconds[j] += time.perf_counter() - t0
+        if progress is not None:
+            progress(len(x))
     outcomes = tuple(
         AttackOutcome(attack=a.name, norm=a.norm, eps=float(a.eps),
                       adv_pred=torch.cat(adv[j]), perturbation=torch.cat(pert[j]),
@@ -286,28 +295,20 @@ def evaluate_minimal(
     adv: list[torch.Tensor] = []
     pert: list[torch.Tensor] = []
     t0 = time.perf_counter()
-    with model_mode(model, False):
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size].to(device)
-            y = labels[i : i + batch_size].to(device)
+    for x, y, cp in _clean_batches(model, images, labels, batch_size, device):
+        ok = cp == y
+        ap = cp.clone()
+        pn = torch.zeros(len(x), dtype=torch.float32, device=device)
+        if ok.any():
+            r = run(x[ok], y[ok])
             with torch.no_grad():
-                logits = model(x)
-            if i == 0:
-                _check_label_range(labels, logits)
-            cp = logits.argmax(1)
-            ok = cp == y
-            ap = cp.clone()
-            pn = torch.zeros(len(x), dtype=torch.float32, device=device)
-            if ok.any():
-                r = run(x[ok], y[ok])
-                with torch.no_grad():
-                    ap[ok] = model(r.x_adv).argmax(1)
-                pn[ok] = r.norm.float()
-            clean.append(cp.cpu())
-            adv.append(ap.cpu())
-            pert.append(pn.cpu())
-            if progress is not None:
-                progress(len(x))
+                ap[ok] = model(r.x_adv).argmax(1)
+            pn[ok] = r.norm.float()
+        clean.append(cp.cpu())
+        adv.append(ap.cpu())
+        pert.append(pn.cpu())
+        if progress is not None:
+            progress(len(x))
     params: dict[str, Any] = {"attack": attack, "norm": norm, "steps": steps, **opts,
                               "seed": seed}
     if attack == "bisection":
