@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -61,7 +61,27 @@ def small_smoothed(
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class CohenCertifier:
+class _SmoothingCertifier:
+    """What the smoothing certifiers share: the smoothed classifier, its device, and
+    ``small`` (a cheap instance for tests: Gaussian noise sigma 0.25 unless ``noise``,
+    contiguous layout, the class's ``SMALL`` settings; ``overrides`` replace any field)."""
+
+    smoothed: SmoothedClassifier
+    SMALL: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def small(cls, base_model: nn.Module, num_classes: int, *, noise: Noise | None = None,
+              **overrides: Any) -> Any:
+        return cls(smoothed=small_smoothed(base_model, num_classes, noise),
+                   **{**cls.SMALL, **overrides})
+
+    @property
+    def device(self) -> torch.device:
+        return self.smoothed.device
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class CohenCertifier(_SmoothingCertifier):
     """Cohen et al.'s CERTIFY (arXiv 1902.02918) as a dataset certifier.
 
     A ``bastion.certify.pipeline.Certifier``: ``certify(x, generators)`` runs
@@ -78,7 +98,7 @@ class CohenCertifier:
             device (``forward.resolve_precision``: bf16 falls back to fp32 with a warning).
     """
 
-    smoothed: SmoothedClassifier
+    SMALL: ClassVar[dict[str, Any]] = {"n0": 32, "n": 1000, "alpha": 0.01, "batch_size": 256}
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
@@ -90,22 +110,6 @@ class CohenCertifier:
         check_counts(n=self.n, alpha=self.alpha, n0=self.n0)
         check_batch_size(self.batch_size)
         object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))
-
-    @classmethod
-    def small(
-        cls, base_model: nn.Module, num_classes: int, *, noise: Noise | None = None,
-        **overrides: Any,
-    ) -> CohenCertifier:
-        """A cheap instance for tests: Gaussian noise sigma 0.25 (or ``noise``), n0 = 32,
-        n = 1000, alpha = 0.01, batches of 256, contiguous layout; ``overrides`` replace
-        any field."""
-        settings: dict[str, Any] = {"n0": 32, "n": 1000, "alpha": 0.01, "batch_size": 256}
-        return cls(smoothed=small_smoothed(base_model, num_classes, noise),
-                   **{**settings, **overrides})
-
-    @property
-    def device(self) -> torch.device:
-        return self.smoothed.device
 
     @property
     def inputs_per_call(self) -> int:
@@ -136,7 +140,7 @@ class CohenCertifier:
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class PredictCertifier:
+class PredictCertifier(_SmoothingCertifier):
     """Cohen et al.'s PREDICT (arXiv 1902.02918) as a dataset certifier: radius 0.
 
     Every row is a prediction of the smoothed classifier or an abstention (never a radius);
@@ -150,7 +154,7 @@ class PredictCertifier:
         precision: ``"fp32"`` or ``"bf16"`` (resolved at construction).
     """
 
-    smoothed: SmoothedClassifier
+    SMALL: ClassVar[dict[str, Any]] = {"n": 1000, "alpha": 0.01, "batch_size": 256}
     n: int = 100_000
     alpha: float = 0.001
     batch_size: int | None = None
@@ -160,21 +164,6 @@ class PredictCertifier:
         check_counts(n=self.n, alpha=self.alpha)
         check_batch_size(self.batch_size)
         object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))
-
-    @classmethod
-    def small(
-        cls, base_model: nn.Module, num_classes: int, *, noise: Noise | None = None,
-        **overrides: Any,
-    ) -> PredictCertifier:
-        """A cheap instance for tests: Gaussian noise sigma 0.25 (or ``noise``), n = 1000,
-        alpha = 0.01, batches of 256; ``overrides`` replace any field."""
-        settings: dict[str, Any] = {"n": 1000, "alpha": 0.01, "batch_size": 256}
-        return cls(smoothed=small_smoothed(base_model, num_classes, noise),
-                   **{**settings, **overrides})
-
-    @property
-    def device(self) -> torch.device:
-        return self.smoothed.device
 
     @property
     def inputs_per_call(self) -> int:
@@ -195,7 +184,7 @@ class PredictCertifier:
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class SequentialCertifier:
+class SequentialCertifier(_SmoothingCertifier):
     """The sequential fixed-radius test (``certify_radius``) as a dataset certifier.
 
     Every row is certified at ``radius`` or abstained (radius 0); the module docstring says
@@ -213,7 +202,8 @@ class SequentialCertifier:
         precision: ``"fp32"`` or ``"bf16"`` (resolved at construction).
     """
 
-    smoothed: SmoothedClassifier
+    SMALL: ClassVar[dict[str, Any]] = {"radius": 0.1, "n0": 32, "n_max": 1000, "n_first": 100,
+                                       "alpha": 0.01, "batch_size": 256}
     radius: float
     n0: int = 100
     n_max: int = 100_000
@@ -232,23 +222,6 @@ class SequentialCertifier:
         look_schedule(self.n_first, self.n_max, self.growth, self.alpha)  # validates them
         check_batch_size(self.batch_size)
         object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))
-
-    @classmethod
-    def small(
-        cls, base_model: nn.Module, num_classes: int, *, noise: Noise | None = None,
-        **overrides: Any,
-    ) -> SequentialCertifier:
-        """A cheap instance for tests: Gaussian noise sigma 0.25 (or ``noise``), radius 0.1,
-        n0 = 32, n_max = 1000, n_first = 100, alpha = 0.01, batches of 256; ``overrides``
-        replace any field."""
-        settings: dict[str, Any] = {"radius": 0.1, "n0": 32, "n_max": 1000, "n_first": 100,
-                                    "alpha": 0.01, "batch_size": 256}
-        return cls(smoothed=small_smoothed(base_model, num_classes, noise),
-                   **{**settings, **overrides})
-
-    @property
-    def device(self) -> torch.device:
-        return self.smoothed.device
 
     @property
     def inputs_per_call(self) -> int:
