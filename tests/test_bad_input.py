@@ -504,3 +504,46 @@ def test_cli_prints_the_warning_and_still_certifies(trained, tmp_path, capsys):
     assert "bastion: warning: n=10 at alpha=0.001 certifies an input only if all 10" in err
     assert "Traceback" not in err and "warnings.warn" not in err
     assert out.is_file()
+
+
+def _deny_writes_under(monkeypatch, root: Path) -> None:
+    """Make creating anything under ``root`` fail as an unwritable folder does (the tests run
+    as root in CI, where chmod cannot make a folder unwritable)."""
+    import pathlib
+    import tempfile
+
+    real_mkdir, real_mkstemp = pathlib.Path.mkdir, tempfile.mkstemp
+
+    def mkdir(self, *args, **kwargs):
+        if str(self).startswith(str(root)):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    def mkstemp(*args, dir=None, **kwargs):  # noqa: A002 (tempfile's own name)
+        if dir is not None and str(dir).startswith(str(root)):
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "certify"])
+def test_an_unwritable_output_is_a_message_not_a_traceback(trained, tmp_path, monkeypatch,
+                                                           capsys, command):
+    denied = tmp_path / "denied"
+    _deny_writes_under(monkeypatch, denied)
+    if command == "train":
+        argv = ["train", str(trained["recipe"]), "--out", str(denied / "run")]
+    elif command == "eval":
+        run = tmp_path / "copy"
+        shutil.copytree(trained["run"], run)
+        _deny_writes_under(monkeypatch, run / "eval")
+        denied = run / "eval"
+        argv = ["eval", str(run), "--n", "10"]
+    else:
+        argv = ["certify", str(trained["run"]), "--n0", "8", "--n", "100", "--alpha", "0.1",
+                "--n-inputs", "2", "--out", str(denied / "rows.jsonl")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "cannot write" in err and str(denied) in err, err

@@ -28,6 +28,16 @@ class MissingFileError(BastionError, FileNotFoundError):
     """A file or folder the user named (or a run folder needs) does not exist."""
 
 
+class OutputError(BastionError, PermissionError):
+    """An output path (run folder, record, certification file) that cannot be written."""
+
+    @classmethod
+    def of(cls, path: object, err: OSError) -> OutputError:
+        """The error for ``err`` raised while creating or writing ``path``."""
+        return cls(f"cannot write {str(path)!r}: {err.strerror or err}; choose a folder you "
+                   "can write to (--out)")
+
+
 class ConfigError(InputError):
     """A config file or ``--set`` override that cannot be read or does not validate."""
 
@@ -51,6 +61,7 @@ __all__ = [
     "InputError",
     "InputTypeError",
     "MissingFileError",
+    "OutputError",
     "RunFolderError",
     "RunLockedError",
 ]

@@ -42,7 +42,7 @@ from typing import Any
 
 import filelock
 
-from bastion.errors import InputError, MissingFileError, RunLockedError
+from bastion.errors import InputError, MissingFileError, OutputError, RunLockedError
 from bastion.records import CertificationRow
 from bastion.records.io import atomic_write_bytes
 
@@ -71,7 +71,10 @@ def lock_path(path: str | os.PathLike) -> Path:
 def _lock(path: Path) -> filelock.BaseFileLock:
     """Take the writer lock of ``path`` without waiting (``RunLockedError`` if held)."""
     lpath = lock_path(path)
-    lpath.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lpath.parent.mkdir(parents=True, exist_ok=True)
+    except PermissionError as err:
+        raise OutputError.of(lpath.parent, err) from None
     try:  # no soft (marker-file) fallback: only a kernel lock is released by kill -9
         lock = filelock.FileLock(str(lpath), timeout=0, fallback_to_soft=False)
     except TypeError:  # filelock < 4 has no soft fallback to turn off

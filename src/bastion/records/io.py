@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from bastion.errors import InputError, InputTypeError
+from bastion.errors import InputError, InputTypeError, OutputError
 
 T = TypeVar("T")
 
@@ -102,8 +102,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     Writes a temporary file in the same folder, fsyncs it, then renames it over ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except PermissionError as err:
+        raise OutputError.of(path, err) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import filelock
 
-from bastion.errors import RunFolderError, RunLockedError
+from bastion.errors import OutputError, RunFolderError, RunLockedError
 
 LOCK_NAME = ".lock"
 """The lock file inside a run folder."""
@@ -70,7 +70,10 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"run folder {str(run_dir)!r} is a file, not a folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except PermissionError as err:
+        raise OutputError.of(run_dir, err) from None
     key = os.path.realpath(run_dir)
     me = threading.get_ident()
     with _registry:
