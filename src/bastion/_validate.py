@@ -106,7 +106,7 @@ def device_choices() -> list[str]:
 def check_device(value: object, name: str = "device") -> None:
     """Raise unless ``value`` is ``"auto"``, ``"cpu"`` or an accelerator present here.
 
-    ``"cuda"`` on a machine without a GPU, ``"cuda:3"`` on a machine with one and a
+    A CUDA device on a machine without a GPU, a device index beyond the ones present, or a
     misspelt name all raise ``InputError`` naming the valid choices on this machine.
     """
     if not isinstance(value, str) or not value:

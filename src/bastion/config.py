@@ -294,7 +294,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     """Check ``cfg`` against this machine and its dataset; return it unchanged.
 
     On top of what building a ``TrainConfig`` checks: ``device`` exists here (``"auto"``,
-    ``"cpu"`` or an accelerator present, e.g. ``"cuda"`` only with a GPU; the error lists
+    ``"cpu"`` or an accelerator present, e.g. ``cuda`` only with a GPU; the error lists
     the valid choices) and the model builds with ``model_options`` for the dataset's image
     shape (on the meta device: no memory, no initialisation). ``load_config`` calls it; so
     does ``runs.train_from_config`` before writing anything. Files the config names
@@ -302,7 +302,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     written, so a recipe that names another machine's folders still parses.
 
     Raises:
-        ConfigError: (an ``InputError``) naming the key, e.g. ``config.device: 'cuda': this
+        ConfigError: (an ``InputError``) naming the key, e.g. ``config.device: ...: this
             machine has no cuda device; valid choices on this machine: 'auto', 'cpu'``.
         InputTypeError: ``cfg`` is not a ``TrainConfig``.
     """
