@@ -138,5 +138,14 @@ class AttackSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as a plain dict, the threat nested under ``"threat"``."""
-        return asdict(self)
+        """The settings as a plain dict, the threat nested under ``"threat"``; AutoAttack's
+        records also list every component setting (``autoattack.standard_settings``)."""
+        d = asdict(self)
+        if self.name in ("autoattack", "apgd-ce", "apgd-t"):
+            from bastion.attacks.autoattack import standard_settings
+
+            comps = standard_settings(self.num_classes)
+            if self.name != "autoattack":
+                comps = [{**c, "steps": self.steps} for c in comps if c["attack"] == self.name]
+            d["components"] = comps
+        return d
