@@ -27,6 +27,7 @@ runs the applicable ones and emits each finding once as a ``GradientMaskingWarni
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -139,8 +140,11 @@ def _logits_2d(out: Any) -> torch.Tensor:
     return out
 
 
-def _rng_devices(x: torch.Tensor) -> list[int]:
-    return [x.device.index or 0] if x.device.type == "cuda" else []
+def _fork_rng(x: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
+    """Save and restore the random state of the CPU and of ``x``'s accelerator, if any."""
+    if x.device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    return torch.random.fork_rng(devices=[x.device.index or 0], device_type=x.device.type)
 
 
 def check_randomized(model: nn.Module, x: torch.Tensor, *, rtol: float = 1e-5,
@@ -153,9 +157,7 @@ def check_randomized(model: nn.Module, x: torch.Tensor, *, rtol: float = 1e-5,
     Carlini et al. 2019, arXiv 1902.06705). The caller's random stream is left untouched.
     """
     _check_input(x)
-    with model_mode(model, False), torch.no_grad(), torch.random.fork_rng(
-        devices=_rng_devices(x)
-    ):
+    with model_mode(model, False), torch.no_grad(), _fork_rng(x):
         a = _logits_2d(model(x)).detach().float()
         b = _logits_2d(model(x)).detach().float()
     if a.shape == b.shape and torch.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True):
