@@ -1,0 +1,613 @@
+"""Run a benchmark suite: train or load each defense, evaluate it, certify it, check it.
+
+``run_suite(suite_path, out)`` works through the suite's defenses in order. For each:
+
+1. **train** (a recipe) into ``<out>/<name>/`` with ``runs.train_from_config`` -- which
+   resumes an interrupted run and returns at once for a finished one -- or load an
+   existing run folder (``run:`` entries are read, never written);
+2. **attacks** per threat model: the first attack at every radius of the protocol (the
+   robust-accuracy curve, the leaderboard radius, the large-eps check), the stronger ones
+   at the leaderboard radius, all in one ``EvalResult`` on the same first ``n_test`` test
+   points; then the **minimal** attack (the seed's eq. 3) and the **examples** the report
+   shows;
+3. **certify** with randomized smoothing (CERTIFY) when the model is a smoothing base
+   classifier (``suite.smoothing_noise``), on the first ``n_inputs`` of those points;
+4. **checks** (``bastion.checks``): model checks on the first ``check_points`` points, and
+   the record checks (clean accuracy against the run's own record, monotone in eps, a
+   large radius, convergence of the first attack against the strongest);
+5. the leaderboard **row** (``outcome.json``).
+
+Everything a defense's evaluation writes is under ``<out>/<name>/bench/``. Each stage is
+saved atomically as soon as it is complete, with a fingerprint (hash of the resolved
+config, the weights and the stage's protocol) in ``bench/manifest.json``; a rerun of the
+same command loads every stage whose fingerprint still matches and redoes the rest, so an
+interrupted bench loses at most the stage in progress (certification resumes per input).
+A changed recipe or protocol recomputes exactly the stages it affects.
+
+Under ``torchrun`` every rank runs the same sequence: training is data-parallel
+(``fit``), attacks split the test points across ranks and merge
+(``attacks.evaluate``), certification shards its inputs (``certify.pipeline``); only
+rank 0 writes, and the ranks meet at a barrier after each stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bastion.attacks.evaluate import evaluate_attacks, evaluate_minimal
+from bastion.bench.suite import (
+    EmpiricalProtocol,
+    Protocol,
+    ResolvedDefense,
+    Suite,
+    attack_label,
+    config_hash,
+    load_suite,
+    protocol_dict,
+    smoothing_noise,
+    stable_hash,
+)
+from bastion.certify import CertifyConfig
+from bastion.certify.summary import rows_to_certificate
+from bastion.checks import CheckFinding, run_checks
+from bastion.config import dump_config
+from bastion.data import load_dataset
+from bastion.errors import InputError
+from bastion.metrics import (
+    attack_success_rate,
+    average_certified_radius,
+    average_perturbation,
+    average_perturbation_of_successes,
+    certified_accuracy,
+)
+from bastion.records import Certificate, EvalResult, History
+from bastion.records.io import atomic_write_bytes, atomic_write_json, load_record, save_record
+from bastion.runs import certify_run, load_model, resolve_device, train_from_config
+from bastion.train.checkpoint import checkpoint_dir
+
+log = logging.getLogger(__name__)
+
+BENCH = "bench"
+MANIFEST = "manifest.json"
+OUTCOME = "outcome.json"
+
+
+# ------------------------------------------------------------------------------ hooks
+
+def _no_stage(defense: str, stage: str, status: str) -> None:
+    log.info("[%s] %s: %s", defense, stage, status)
+
+
+@dataclass
+class BenchHooks:
+    """What a caller (the CLI) sees of a bench: stage messages and progress bars.
+
+    ``stage(defense, stage, status)`` with status ``"start"``, ``"done"`` (with seconds)
+    or ``"cached"``; ``bar(description, total)`` returns ``(update(n), close())``;
+    ``train(defense, epochs)`` returns ``(on_batch, on_epoch, close)`` for
+    ``train_from_config``. The defaults log and show nothing.
+    """
+
+    stage: Callable[[str, str, str], None] = _no_stage
+    bar: Callable[[str, int], tuple[Callable[[int], None], Callable[[], None]]] = field(
+        default=lambda _d, _t: (lambda _n: None, lambda: None))
+    train: Callable[[str, int], tuple[Any, Any, Callable[[], None]]] = field(
+        default=lambda _d, _e: (None, None, lambda: None))
+
+
+# ------------------------------------------------------------------------------ ranks
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _main() -> bool:
+    return _dist()[0] == 0
+
+
+# ------------------------------------------------------------------------------ stages
+
+class _Stages:
+    """The saved stages of one defense: ``bench/<stage file>`` plus their fingerprints."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / MANIFEST
+        self.manifest: dict[str, Any] = {}
+        if self.path.is_file():
+            try:
+                self.manifest = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                log.warning("%s is unreadable; every stage is recomputed", self.path)
+                self.manifest = {}
+
+    def fresh(self, stage: str, fingerprint: str, filename: str) -> bool:
+        entry = self.manifest.get(stage)
+        return (isinstance(entry, dict) and entry.get("fingerprint") == fingerprint
+                and (self.folder / filename).is_file())
+
+    def seconds(self, stage: str) -> float:
+        entry = self.manifest.get(stage)
+        return float(entry.get("seconds", 0.0)) if isinstance(entry, dict) else 0.0
+
+    def done(self, stage: str, fingerprint: str, filename: str, seconds: float) -> None:
+        self.manifest[stage] = {"fingerprint": fingerprint, "file": filename,
+                                "seconds": round(seconds, 3)}
+        if _main():
+            atomic_write_json(self.path, self.manifest)
+        _barrier()
+
+
+def _weights_hash(run_dir: Path) -> str:
+    ckpt = checkpoint_dir(run_dir, "last")
+    if ckpt is None:
+        raise InputError(f"{run_dir} has no finished checkpoint to evaluate")
+    h = hashlib.sha256()
+    for f in sorted(ckpt.glob("model*.safetensors")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("bastion", "torch", "torchvision", "torchattacks", "numpy", "scipy"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+# ------------------------------------------------------------------------------ one defense
+
+@dataclass
+class _Context:
+    defense: ResolvedDefense
+    protocol: Protocol
+    run_dir: Path
+    stages: _Stages
+    hooks: BenchHooks
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+    base: dict[str, str]
+
+    def fingerprint(self, stage_settings: Any) -> str:
+        return stable_hash({**self.base, "stage": stage_settings})
+
+
+def _specs(emp: EmpiricalProtocol, num_classes: int) -> list[Any]:
+    first, *rest = emp.attacks
+    specs = [first.spec(r, emp.norm, num_classes) for r in emp.radii()]
+    specs += [a.spec(emp.eps, emp.norm, num_classes) for a in rest]
+    return specs
+
+
+def _run_attacks(ctx: _Context, emp: EmpiricalProtocol) -> EvalResult:
+    stage, fname = f"attacks-{emp.norm}", f"attacks-{emp.norm}.json"
+    p = ctx.protocol
+    attacks_only = {k: v for k, v in protocol_dict(emp).items()
+                    if k not in ("minimal", "examples")}
+    fp = ctx.fingerprint({"empirical": attacks_only, "n_test": p.n_test,
+                          "seed": p.seed, "batch_size": p.batch_size})
+    if ctx.stages.fresh(stage, fp, fname):
+        ctx.hooks.stage(ctx.defense.name, stage, "cached")
+        return load_record(EvalResult, ctx.stages.folder / fname)
+    ctx.hooks.stage(ctx.defense.name, stage, "start")
+    specs = _specs(emp, ctx.num_classes)
+    update, close = ctx.hooks.bar(f"{ctx.defense.name}: {len(specs)} attacks ({emp.norm})",
+                                  len(ctx.x))
+    t0 = time.perf_counter()
+    try:
+        result = evaluate_attacks(ctx.model, ctx.x, ctx.y, specs, batch_size=p.batch_size,
+                                  seed=p.seed, progress=update)
+    finally:
+        close()
+    if _main():
+        save_record(ctx.stages.folder / fname, result)
+    ctx.stages.done(stage, fp, fname, time.perf_counter() - t0)
+    ctx.hooks.stage(ctx.defense.name, stage, "done")
+    return result
+
+
+def _run_minimal(ctx: _Context, emp: EmpiricalProtocol) -> EvalResult | None:
+    if emp.minimal is None:
+        return None
+    stage, fname = f"minimal-{emp.norm}", f"minimal-{emp.norm}.json"
+    p = ctx.protocol
+    fp = ctx.fingerprint({"minimal": protocol_dict(emp.minimal), "norm": emp.norm,
+                          "n_test": p.n_test, "seed": p.seed, "batch_size": p.batch_size})
+    if ctx.stages.fresh(stage, fp, fname):
+        ctx.hooks.stage(ctx.defense.name, stage, "cached")
+        return load_record(EvalResult, ctx.stages.folder / fname)
+    ctx.hooks.stage(ctx.defense.name, stage, "start")
+    update, close = ctx.hooks.bar(f"{ctx.defense.name}: {emp.minimal.attack} ({emp.norm})",
+                                  len(ctx.x))
+    t0 = time.perf_counter()
+    kw: dict[str, Any] = {}
+    if emp.minimal.attack == "bisection":
+        kw["eps_max"] = max(emp.radii())
+    try:
+        result = evaluate_minimal(ctx.model, ctx.x, ctx.y, attack=emp.minimal.attack,
+                                  norm=emp.norm, steps=emp.minimal.steps,
+                                  batch_size=p.batch_size, seed=p.seed, progress=update, **kw)
+    finally:
+        close()
+    if _main():
+        save_record(ctx.stages.folder / fname, result)
+    ctx.stages.done(stage, fp, fname, time.perf_counter() - t0)
+    ctx.hooks.stage(ctx.defense.name, stage, "done")
+    return result
+
+
+def _run_examples(ctx: _Context, emp: EmpiricalProtocol) -> Path | None:
+    if emp.examples == 0:
+        return None
+    from bastion.bench.examples import adversarial_examples, save_examples
+
+    stage, fname = f"examples-{emp.norm}", f"examples-{emp.norm}.safetensors"
+    first = emp.attacks[0]
+    fp = ctx.fingerprint({"attack": protocol_dict(first), "eps": emp.eps, "norm": emp.norm,
+                          "k": emp.examples, "seed": ctx.protocol.seed})
+    if ctx.stages.fresh(stage, fp, fname):
+        return ctx.stages.folder / fname
+    t0 = time.perf_counter()
+    k = min(emp.examples, len(ctx.x))
+    ex = adversarial_examples(ctx.model, ctx.x[:k], ctx.y[:k],
+                              first.spec(emp.eps, emp.norm, ctx.num_classes), k=k,
+                              seed=ctx.protocol.seed)
+    if _main():
+        save_examples(ctx.stages.folder / fname, ex)
+    ctx.stages.done(stage, fp, fname, time.perf_counter() - t0)
+    return ctx.stages.folder / fname
+
+
+def _run_certify(ctx: _Context) -> tuple[Certificate, float] | None:
+    cp = ctx.protocol.certified
+    noise = smoothing_noise(ctx.defense.config)
+    if cp is None or noise is None:
+        return None
+    stage, fname = "certify", "certify.jsonl"
+    config = CertifyConfig(noise=noise[0], sigma=noise[1], n0=cp.n0, n=cp.n, alpha=cp.alpha,
+                           n_inputs=cp.n_inputs, skip=1, batch_size=cp.batch_size,
+                           seed=ctx.protocol.seed, device=ctx.defense.config.device)
+    fp = ctx.fingerprint({"certify": dataclasses.asdict(config)})
+    path = ctx.stages.folder / fname
+    if ctx.stages.fresh(stage, fp, fname):
+        ctx.hooks.stage(ctx.defense.name, stage, "cached")
+        from bastion.certify import read_rows
+
+        rows = read_rows(path)
+        return rows_to_certificate(rows, _cert_norm(noise[0])), ctx.stages.seconds(stage)
+    old = ctx.stages.manifest.get(stage)
+    if path.exists() and isinstance(old, dict) and old.get("fingerprint") != fp:
+        # rows of other settings or other weights: start over (an interrupted
+        # certification of the same settings has no manifest entry yet and resumes)
+        if _main():
+            path.unlink()
+        _barrier()
+    ctx.hooks.stage(ctx.defense.name, stage, "start")
+    update, close = ctx.hooks.bar(f"{ctx.defense.name}: certify ({noise[0]} "
+                                  f"sigma {noise[1]:g})", cp.n_inputs)
+    seen = [0]
+
+    def progress(done: int, _total: int) -> None:
+        update(done - seen[0])
+        seen[0] = done
+
+    t0 = time.perf_counter()
+    try:
+        res = certify_run(ctx.run_dir, config, out=path, progress=progress)
+    finally:
+        close()
+    seconds = time.perf_counter() - t0
+    ctx.stages.done(stage, fp, fname, seconds)
+    ctx.hooks.stage(ctx.defense.name, stage, "done")
+    rows = res.rows
+    if not rows:  # not rank 0 under torchrun: read the merged file
+        from bastion.certify import read_rows
+
+        rows = read_rows(path)
+    return rows_to_certificate(rows, _cert_norm(noise[0])), seconds
+
+
+def _cert_norm(noise: str) -> str:
+    from bastion.noise import from_std
+
+    return from_std(noise, 1.0).norm
+
+
+def _history(run_dir: Path) -> History | None:
+    path = run_dir / "history.jsonl"
+    if not path.is_file():
+        return None
+    return History.from_jsonl(path.read_text())
+
+
+def _run_checks(ctx: _Context, results: Mapping[str, EvalResult],
+                cert: Certificate | None) -> list[CheckFinding]:
+    if not ctx.protocol.checks:
+        return []
+    stage, fname = "checks", "checks.json"
+    fp = ctx.fingerprint({"checks": ctx.protocol.check_points,
+                          "results": {k: stable_hash(v.to_dict()) for k, v in results.items()},
+                          "cert": None if cert is None else stable_hash(cert.to_dict())})
+    if ctx.stages.fresh(stage, fp, fname):
+        data = json.loads((ctx.stages.folder / fname).read_text())
+        return [CheckFinding.from_dict(f) for f in data["findings"]]
+    t0 = time.perf_counter()
+    k = min(ctx.protocol.check_points, len(ctx.x))
+    hist = _history(ctx.run_dir)
+    expected = None
+    if hist is not None and len(hist) and hist.epochs[-1].get("test_clean_acc") is not None:
+        expected = float(hist.epochs[-1]["test_clean_acc"])
+    found = run_checks(ctx.model, ctx.x[:k], ctx.y[:k], num_classes=ctx.num_classes,
+                       warn=False)
+    for emp in ctx.protocol.empirical:
+        r = results[emp.norm]
+        weaker = _label_selector(emp.attacks[0].label)
+        strongest = emp.attacks[-1].label if len(emp.attacks) > 1 else None
+        found += run_checks(
+            result=r, num_classes=ctx.num_classes, expected_clean=expected,
+            eps_large=emp.large_eps, large_norm=emp.norm if emp.large_eps else None,
+            weaker=weaker if strongest else None,
+            stronger=_label_selector(strongest) if strongest else None,
+            convergence_eps=emp.eps if strongest else None, warn=False)
+    unique: list[CheckFinding] = []
+    for f in found:
+        if all((f.name, f.message) != (u.name, u.message) for u in unique):
+            unique.append(f)
+    if _main():
+        atomic_write_json(ctx.stages.folder / fname,
+                          {"findings": [f.to_dict() for f in unique]})
+    ctx.stages.done(stage, fp, fname, time.perf_counter() - t0)
+    return unique
+
+
+def outcome_label(params: Mapping[str, Any]) -> str:
+    """The column label of an outcome from its recorded params (``PGD-20``, ...)."""
+    threat = params.get("threat", {}) if isinstance(params, Mapping) else {}
+    return attack_label(str(params.get("name", "?")), threat.get("steps"),
+                        params.get("restarts"))
+
+
+def _label_selector(label: str) -> Callable[[Any], bool]:
+    return lambda o: outcome_label(o.params) == label
+
+
+# ------------------------------------------------------------------------------ the row
+
+def build_row(
+    *, name: str, config: Any, protocol: Protocol, results: Mapping[str, EvalResult],
+    minimal: Mapping[str, EvalResult | None], cert: Certificate | None,
+    findings: list[CheckFinding], history: History | None, timings: Mapping[str, float],
+    base: Mapping[str, str], source: str, run_dir: Path, description: str = "",
+) -> dict[str, Any]:
+    """A defense's leaderboard row: a flat JSON dict (see ``bench.leaderboard``).
+
+    Accuracies are fractions in [0, 1]; radii in [0, 1] pixel units; times in seconds.
+    Keys: ``robust_acc/<norm>/<eps>/<attack>`` per attack at the leaderboard radius and
+    ``.../worst`` (a point is robust only if every attack failed), ``asr/<norm>/<eps>``
+    (eq. 1, worst case over all points), ``avg_perturbation/<norm>`` (eq. 3 over all
+    points) and ``avg_perturbation_successes/<norm>``, ``certified_acc/<norm>/<radius>``
+    and ``acr``.
+    """
+    row: dict[str, Any] = {"name": name, "description": description, "source": source,
+                           "run_dir": str(run_dir),
+                           "method": config.method, "model": config.model,
+                           "dataset": config.dataset, "n_test": protocol.n_test}
+    clean = None
+    for emp in protocol.empirical:
+        r = results[emp.norm]
+        clean = float(r.clean_correct.double().mean())
+        key = f"{emp.norm}/{emp.eps:g}"
+        for a in emp.attacks:
+            sel = [o for o in r.select(norm=emp.norm, eps=emp.eps)
+                   if outcome_label(o.params) == a.label]
+            part = EvalResult(index=r.index, labels=r.labels, clean_pred=r.clean_pred,
+                              outcomes=tuple(sel))
+            row[f"robust_acc/{key}/{a.label}"] = float(part.adv_correct(emp.eps)
+                                                       .double().mean())
+        row[f"robust_acc/{key}/worst"] = float(r.adv_correct(emp.eps, norm=emp.norm)
+                                               .double().mean())
+        row[f"asr/{key}"] = attack_success_rate(r, eps=emp.eps, norm=emp.norm)
+        row[f"curve/{emp.norm}"] = {f"{e:g}": v for e, v in
+                                    r.robust_accuracy_curve(norm=emp.norm).items()}
+        m = minimal.get(emp.norm)
+        if m is not None:
+            row[f"avg_perturbation/{emp.norm}"] = average_perturbation(m)
+            s = average_perturbation_of_successes(m)
+            row[f"avg_perturbation_successes/{emp.norm}"] = None if math.isnan(s) else s
+    row["clean_acc"] = clean
+    if cert is not None and protocol.certified is not None:
+        labels = cert.labels
+        accs = certified_accuracy(cert, labels, list(protocol.certified.radii)).tolist()
+        for rad, acc in zip(protocol.certified.radii, accs, strict=True):
+            row[f"certified_acc/{cert.norm}/{rad:g}"] = float(acc)
+        row["acr"] = average_certified_radius(cert, labels)
+        row["certified_clean_acc"] = float(((~cert.abstained) & (cert.prediction == labels))
+                                           .double().mean())
+        row["abstain_rate"] = float(cert.abstained.double().mean())
+        row["certified_n"] = len(cert)
+    row["train_seconds"] = (sum(float(e.get("train_seconds") or 0.0) for e in history.epochs)
+                            if history is not None else None)
+    row["epochs"] = len(history) if history is not None else None
+    row.update({f"{k}_seconds": round(v, 2) for k, v in timings.items()})
+    row["flags"] = sorted({f.name for f in findings})
+    row["seeds"] = {"train": config.seed, "eval": protocol.seed}
+    row["versions"] = _versions()
+    row.update({f"{k}_hash": v for k, v in base.items()})
+    row["robustbench"] = robustbench_card(row, protocol, config)
+    return row
+
+
+def robustbench_card(row: Mapping[str, Any], protocol: Protocol, config: Any
+                     ) -> dict[str, Any] | None:
+    """RobustBench's model-card fields (``model_info/<dataset>/<Linf|L2>/<name>.json``)
+    for the first empirical threat model: clean and AutoAttack accuracy as percentage
+    strings (``autoattack_acc`` None when the protocol has no AutoAttack), ``eps`` and
+    ``threat_model``; the fields only the authors know (link, authors, venue) are None."""
+    if not protocol.empirical:
+        return None
+    emp = protocol.empirical[0]
+    aa = row.get(f"robust_acc/{emp.norm}/{emp.eps:g}/AutoAttack")
+    return {
+        "link": None, "name": row["name"], "authors": None,
+        "additional_data": False, "number_forward_passes": 1,
+        "dataset": config.dataset, "venue": None, "architecture": config.model,
+        "threat_model": {"linf": "Linf", "l2": "L2"}[emp.norm], "eps": f"{emp.eps:g}",
+        "clean_acc": f"{100 * row['clean_acc']:.2f}" if row.get("clean_acc") is not None
+        else None,
+        "reported": None,
+        "autoattack_acc": None if aa is None else f"{100 * aa:.2f}",
+    }
+
+
+def run_defense(defense: ResolvedDefense, suite: Suite, out: Path,
+                hooks: BenchHooks | None = None) -> dict[str, Any]:
+    """Train or load one defense, evaluate, certify and check it; return its row.
+
+    The row is also saved to ``<out>/<name>/bench/outcome.json``.
+    """
+    hooks = hooks or BenchHooks()
+    p = suite.protocol
+    folder_root = out / defense.name
+    if defense.entry.init_from is not None:
+        defense = dataclasses.replace(defense, config=dataclasses.replace(
+            defense.config, init_from=str(out / defense.entry.init_from)))
+    if defense.run_dir is None:
+        run_dir = folder_root
+        on_batch, on_epoch, close = hooks.train(defense.name, defense.config.epochs)
+        hooks.stage(defense.name, "train", "start")
+        try:
+            train_from_config(defense.config, run_dir, resume=True, on_batch=on_batch,
+                              on_epoch=on_epoch)
+        finally:
+            close()
+        hooks.stage(defense.name, "train", "done")
+        source = "recipe"
+    else:
+        run_dir = defense.run_dir
+        source = f"run {run_dir}"
+    bench_dir = folder_root / BENCH
+    if _main():
+        bench_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(bench_dir / "config.yaml", dump_config(defense.config).encode())
+    _barrier()
+    device = resolve_device(defense.config.device)
+    model = load_model(run_dir, "last", device)
+    test = load_dataset(defense.config.dataset, "test", defense.config.data_dir)
+    n = min(p.n_test, len(test))
+    if n < p.n_test:
+        log.warning("the test set has only %d points; protocol n_test %d", n, p.n_test)
+    base = {"config": config_hash(defense.config), "weights": _weights_hash(run_dir)}
+    ctx = _Context(defense, p, run_dir, _Stages(bench_dir), hooks, model,
+                   test.images[:n], test.labels[:n], test.num_classes, base)
+    results: dict[str, EvalResult] = {}
+    minimal: dict[str, EvalResult | None] = {}
+    for emp in p.empirical:
+        results[emp.norm] = _run_attacks(ctx, emp)
+        minimal[emp.norm] = _run_minimal(ctx, emp)
+        _run_examples(ctx, emp)
+    certified = _run_certify(ctx)
+    cert = certified[0] if certified else None
+    findings = _run_checks(ctx, results, cert)
+    timings = {"eval": sum(ctx.stages.seconds(f"attacks-{e.norm}") for e in p.empirical),
+               "minimal": sum(ctx.stages.seconds(f"minimal-{e.norm}") for e in p.empirical),
+               "certify": certified[1] if certified else 0.0}
+    row = build_row(name=defense.name, config=defense.config, protocol=p, results=results,
+                    minimal=minimal, cert=cert, findings=findings,
+                    history=_history(run_dir), timings=timings,
+                    base={**base, "protocol": stable_hash(protocol_dict(p))},
+                    source=source, run_dir=run_dir, description=defense.entry.description)
+    if _main():
+        atomic_write_json(bench_dir / OUTCOME, row)
+    _barrier()
+    return row
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What ``run_suite`` produced: the bench folder and one row per defense, in order."""
+
+    out: Path
+    suite: Suite
+    rows: list[dict[str, Any]]
+
+
+def run_suite(suite_path: str | Path, out: str | Path | None = None, *,
+              only: list[str] | None = None, hooks: BenchHooks | None = None
+              ) -> BenchResult:
+    """Run a suite file into ``out`` (default ``runs/bench/<suite name>``); resumable.
+
+    Everything is validated before anything is trained or written (``load_suite``).
+    ``only`` restricts the run to the named defenses (the leaderboard still lists every
+    defense whose outcome is saved). Writes ``<out>/suite.yaml`` (the file as given),
+    then each defense (``run_defense``), then the leaderboard files
+    (``bench.leaderboard.write_leaderboard``).
+    """
+    from bastion.bench.leaderboard import write_leaderboard
+
+    suite_path = Path(suite_path)
+    suite, resolved = load_suite(suite_path)
+    names = [d.name for d in resolved]
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise InputError(f"--only: unknown defense(s) {unknown}; the suite has {names}")
+    out = Path(out) if out is not None else Path("runs") / "bench" / suite.name
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {str(out)!r} is a file; give a folder")
+    if _main():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "suite.yaml", suite_path.read_bytes())
+    _barrier()
+    rows = []
+    for d in resolved:
+        if only and d.name not in only:
+            saved = out / d.name / BENCH / OUTCOME
+            if saved.is_file():
+                    rows.append(json.loads(saved.read_text()))
+            continue
+        rows.append(run_defense(d, suite, out, hooks))
+    if _main():
+        write_leaderboard(out, rows, suite)
+    _barrier()
+    return BenchResult(out, suite, rows)
+
+
+__all__ = [
+    "BenchHooks",
+    "BenchResult",
+    "build_row",
+    "outcome_label",
+    "robustbench_card",
+    "run_defense",
+    "run_suite",
+]

@@ -1,0 +1,359 @@
+"""A benchmark suite: the defenses to compare and the one protocol that evaluates them all.
+
+A suite is a YAML file (``benchmarks/suites/quick.yaml`` is the demo)::
+
+    name: quick
+    protocol:
+      n_test: 500               # the first 500 test images, the same for every defense
+      empirical:                # one entry per threat model
+        - norm: linf
+          eps: 0.1              # the leaderboard's radius ([0, 1] pixel units)
+          curve: [0.05, 0.15]   # more radii for robust accuracy vs eps (first attack)
+          attacks: [{name: pgd, steps: 20}, {name: pgd, steps: 50, restarts: 3}]
+          large_eps: 0.4        # robust accuracy there should be ~0 (a check)
+          minimal: {attack: fmn, steps: 100}   # the seed's eq. (3)
+      certified: {n0: 100, n: 1000, alpha: 0.001, n_inputs: 100, radii: [0.25, 0.5]}
+    defenses:
+      - {name: standard, recipe: ../../configs/standard.yaml, overrides: {epochs: 1}}
+      - {name: mine, run: ../../runs/pgd-at}      # an existing run folder
+
+Paths (``recipe``, ``run``) are relative to the suite file's folder. Every defense is
+evaluated with the whole empirical protocol; defenses whose model is the base classifier
+of randomized smoothing (trained with noise, ``smoothing_noise``) are also certified
+with ``certified``. ``load_suite`` checks everything -- the suite's keys and values, every
+recipe with its overrides, every run folder -- before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bastion.attacks.spec import AttackName, AttackSpec
+from bastion.attacks.threat import ThreatModel
+from bastion.config import (
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    read_config_file,
+    to_dict,
+    validate,
+)
+from bastion.errors import BastionError, ConfigError, MissingFileError
+from bastion.runs import load_config_of
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SMOOTHING_METHODS = ("gaussian-noise", "noise-augment", "macer")
+"""Training methods whose model is the base classifier of a smoothed classifier."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackEntry:
+    """One evaluation attack of a threat model (its radius comes from the threat model).
+
+    ``name``: ``pgd``, ``fgsm``, ``apgd-ce``, ``apgd-t`` or ``autoattack`` (the standard
+    ensemble, ``attacks.autoattack``); ``steps`` and ``restarts`` for PGD/APGD;
+    ``step_size`` None is the evaluation rule of ``AttackSpec``.
+    """
+
+    name: AttackName = "pgd"
+    steps: int = 20
+    restarts: int = 1
+    objective: Literal["ce", "margin", "dlr"] = "ce"
+    step_size: float | None = None
+
+    def spec(self, eps: float, norm: str, num_classes: int) -> AttackSpec:
+        """The ``AttackSpec`` of this attack at radius ``eps`` of ``norm``."""
+        return AttackSpec(name=self.name, threat=ThreatModel(
+            eps=eps, norm=norm, steps=self.steps, step_size=self.step_size),
+            restarts=self.restarts, objective=self.objective, num_classes=num_classes)
+
+    @property
+    def label(self) -> str:
+        """Short column label: ``PGD-20``, ``PGD-50x3``, ``AutoAttack``, ``APGD-T``."""
+        return attack_label(self.name, self.steps, self.restarts)
+
+
+def attack_label(name: str, steps: int | None, restarts: int | None) -> str:
+    """``PGD-20``, ``PGD-50x3``, ``FGSM``, ``APGD-CE-100``, ``AutoAttack``."""
+    if name == "autoattack":
+        return "AutoAttack"
+    if name == "fgsm":
+        return "FGSM"
+    base = f"{name.upper()}-{steps}"
+    return f"{base}x{restarts}" if restarts and restarts > 1 else base
+
+
+@dataclass(frozen=True, kw_only=True)
+class MinimalEntry:
+    """The minimal-perturbation attack behind the average perturbation (eq. 3)."""
+
+    attack: Literal["fmn", "bisection"] = "fmn"
+    steps: int = 100
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmpiricalProtocol:
+    """One threat model: its radius, the attacks at it, and the radii of the curve.
+
+    Args:
+        norm: ``linf`` or ``l2``.
+        eps: the leaderboard's radius ([0, 1] pixel units).
+        attacks: the attacks at ``eps`` (the first also draws the curve and the large-eps
+            check; the others must be stronger: more steps or restarts, or AutoAttack).
+        curve: more radii for robust accuracy against eps (attacked with the first attack).
+        large_eps: a radius at which robust accuracy should be near 0 (check), or None.
+        minimal: the minimal attack of the average perturbation, or None.
+        examples: how many clean/adversarial pairs the report shows.
+    """
+
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float = 0.1
+    attacks: tuple[AttackEntry, ...] = (AttackEntry(),)
+    curve: tuple[float, ...] = ()
+    large_eps: float | None = None
+    minimal: MinimalEntry | None = field(default_factory=MinimalEntry)
+    examples: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 < self.eps <= (1.0 if self.norm == "linf" else 100.0):
+            raise ConfigError(f"eps must be in (0, 1] for linf (pixel units), got {self.eps}")
+        if not self.attacks:
+            raise ConfigError("attacks: at least one attack")
+        if any(e <= 0 for e in self.curve):
+            raise ConfigError(f"curve radii must be > 0, got {list(self.curve)}")
+        if self.large_eps is not None and self.large_eps <= self.eps:
+            raise ConfigError(f"large_eps ({self.large_eps}) must exceed eps ({self.eps})")
+        if not 0 <= self.examples <= 64:
+            raise ConfigError(f"examples must be in [0, 64], got {self.examples}")
+        labels = [a.label for a in self.attacks]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"attacks: two attacks with the same settings ({labels})")
+
+    def radii(self) -> list[float]:
+        """Every radius the first attack runs at: the curve, eps, large_eps, sorted."""
+        rs = {float(self.eps), *map(float, self.curve)}
+        if self.large_eps is not None:
+            rs.add(float(self.large_eps))
+        return sorted(rs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertifiedProtocol:
+    """Randomized-smoothing certification of the defenses trained with noise.
+
+    CERTIFY (Cohen et al. 2019, arXiv 1902.02918) with ``n0`` selection and ``n``
+    estimation draws at failure probability ``alpha`` on the first ``n_inputs`` of the
+    protocol's test points; the leaderboard shows certified accuracy at ``radii``
+    ([0, 1] pixel units of the noise's norm) and the ACR.
+    """
+
+    n0: int = 100
+    n: int = 10_000
+    alpha: float = 0.001
+    n_inputs: int = 100
+    radii: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n0 < 1 or self.n < 1 or self.n_inputs < 1:
+            raise ConfigError("n0, n and n_inputs must be >= 1")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"alpha must be in (0, 1), got {self.alpha}")
+        if not self.radii or any(r < 0 for r in self.radii):
+            raise ConfigError(f"radii: at least one radius >= 0, got {list(self.radii)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Protocol:
+    """The evaluation every defense of a suite gets, on the same first ``n_test`` points.
+
+    ``seed`` seeds the attacks and the certification noise; ``checks`` runs
+    ``bastion.checks`` (model checks on the first ``check_points`` points).
+    """
+
+    n_test: int = 1000
+    batch_size: int = 250
+    seed: int = 0
+    empirical: tuple[EmpiricalProtocol, ...] = (EmpiricalProtocol(),)
+    certified: CertifiedProtocol | None = field(default_factory=CertifiedProtocol)
+    checks: bool = True
+    check_points: int = 100
+
+    def __post_init__(self) -> None:
+        if self.n_test < 1 or self.batch_size < 1 or self.check_points < 1:
+            raise ConfigError("n_test, batch_size and check_points must be >= 1")
+        if self.certified is not None and self.certified.n_inputs > self.n_test:
+            raise ConfigError(f"certified.n_inputs ({self.certified.n_inputs}) exceeds "
+                              f"n_test ({self.n_test}): certification runs on the "
+                              "protocol's test points")
+        norms = [e.norm for e in self.empirical]
+        if len(set(norms)) != len(norms):
+            raise ConfigError(f"empirical: one entry per norm, got {norms}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DefenseEntry:
+    """A defense: a training recipe with overrides, or an existing run folder.
+
+    ``init_from`` names an earlier defense of the suite whose trained model initialises
+    this one (fine-tuning, e.g. MACER from the Gaussian-noise model); it replaces the
+    recipe's own ``init_from`` by that defense's run folder.
+    """
+
+    name: str
+    recipe: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    run: str | None = None
+    init_from: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.init_from is not None and self.recipe is None:
+            raise ConfigError(f"defense {self.name!r}: init_from (an earlier defense whose "
+                              "model initialises this one) needs a recipe")
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ConfigError(f"defense name {self.name!r}: use letters, digits, '.', '_' "
+                              "or '-' (it names a folder), at most 64 characters")
+        if (self.recipe is None) == (self.run is None):
+            raise ConfigError(f"defense {self.name!r}: give exactly one of recipe (a YAML "
+                              "recipe to train) or run (an existing run folder)")
+        if self.run is not None and self.overrides:
+            raise ConfigError(f"defense {self.name!r}: overrides apply to a recipe, not to "
+                              "an existing run")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Suite:
+    """A parsed suite: its name, protocol and defenses (see the module docstring)."""
+
+    name: str
+    protocol: Protocol = field(default_factory=Protocol)
+    defenses: tuple[DefenseEntry, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ConfigError(f"suite name {self.name!r}: letters, digits, '.', '_', '-'")
+        if not self.defenses:
+            raise ConfigError("a suite needs at least one defense")
+        names = [d.name for d in self.defenses]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"defense names must be unique; repeated: {dup}")
+        for i, d in enumerate(self.defenses):
+            if d.init_from is not None and d.init_from not in names[:i]:
+                raise ConfigError(f"defense {d.name!r}: init_from {d.init_from!r} must name "
+                                  f"an earlier defense of the suite ({names[:i]})")
+
+
+@dataclass(frozen=True)
+class ResolvedDefense:
+    """A defense with its training config resolved and checked.
+
+    ``run_dir`` is the existing run folder of a ``run:`` entry, None for a recipe (the
+    bench trains it into ``<out>/<name>/``).
+    """
+
+    entry: DefenseEntry
+    config: TrainConfig
+    run_dir: Path | None
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """SHA-256 (first 16 hex digits) of the resolved config as canonical JSON."""
+    return stable_hash(to_dict(cfg))
+
+
+def stable_hash(obj: Any) -> str:
+    """SHA-256 (16 hex digits) of ``obj`` as canonical JSON (sorted keys)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def smoothing_noise(cfg: TrainConfig) -> tuple[str, float] | None:
+    """``(noise, sigma)`` when the run's model is a smoothing base classifier, else None."""
+    if cfg.method not in SMOOTHING_METHODS:
+        return None
+    opts = cfg.method_options
+    return str(opts.get("noise", "gaussian")), float(opts["sigma"])
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"a": {"b": 1}}`` -> ``["a.b=1"]`` (values as JSON, which YAML reads back)."""
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flatten(v, key + ".")
+        else:
+            out.append(f"{key}={json.dumps(v)}")
+    return out
+
+
+def _resolve(entry: DefenseEntry, base: Path, where: str) -> ResolvedDefense:
+    try:
+        if entry.recipe is not None:
+            path = (base / entry.recipe).resolve()
+            if not path.is_file():
+                raise MissingFileError(f"recipe {entry.recipe!r} not found (looked for {path})")
+            data = apply_overrides(read_config_file(path), _flatten(entry.overrides))
+            return ResolvedDefense(entry, validate(from_dict(TrainConfig, data)), None)
+        run_dir = (base / str(entry.run)).resolve()
+        if not run_dir.is_dir():
+            raise MissingFileError(f"run folder {entry.run!r} not found (looked for {run_dir})")
+        return ResolvedDefense(entry, load_config_of(run_dir), run_dir)
+    except BastionError as err:
+        raise type(err)(f"{where}: defense {entry.name!r}: {err}") from None
+
+
+def load_suite(path: str | Path) -> tuple[Suite, list[ResolvedDefense]]:
+    """Read and check a suite file; resolve every defense's config.
+
+    Raises ``ConfigError`` / ``MissingFileError`` naming the file, the defense and the
+    key, before anything is written.
+    """
+    path = Path(path)
+    data = read_config_file(path)
+    try:
+        suite = from_dict(Suite, data, "suite")
+    except BastionError as err:
+        raise type(err)(f"{path}: {err}") from None
+    resolved = [_resolve(d, path.resolve().parent, str(path)) for d in suite.defenses]
+    datasets = sorted({r.config.dataset for r in resolved})
+    if len(datasets) > 1:
+        raise ConfigError(f"{path}: the defenses use several datasets ({datasets}); a suite "
+                          "compares defenses on one dataset")
+    return suite, resolved
+
+
+def protocol_dict(protocol: Protocol) -> dict[str, Any]:
+    """The protocol as plain JSON (for the records and the fingerprints)."""
+    return to_dict(protocol)
+
+
+__all__ = [
+    "AttackEntry",
+    "CertifiedProtocol",
+    "DefenseEntry",
+    "EmpiricalProtocol",
+    "MinimalEntry",
+    "Protocol",
+    "ResolvedDefense",
+    "SMOOTHING_METHODS",
+    "Suite",
+    "attack_label",
+    "config_hash",
+    "load_suite",
+    "protocol_dict",
+    "smoothing_noise",
+    "stable_hash",
+]
