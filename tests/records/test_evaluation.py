@@ -217,3 +217,77 @@ def _saved(tmp_path, r: EvalResult) -> EvalResult:
     save_record(path, r)
     assert json.loads(path.read_text())["record"] == "EvalResult"
     return load_record(EvalResult, path)
+
+
+# ------------------------------------------------------------------ concat
+
+def _split(r: EvalResult, at: int) -> tuple[EvalResult, EvalResult]:
+    """``r``'s first ``at`` points and the rest, with the seconds split 1:3."""
+    def part(sl: slice, share: float) -> EvalResult:
+        outs = tuple(AttackOutcome(attack=o.attack, norm=o.norm, eps=o.eps,
+                                   adv_pred=o.adv_pred[sl], perturbation=o.perturbation[sl],
+                                   params=o.params, seconds=o.seconds * share)
+                     for o in r.outcomes)
+        return EvalResult(index=r.index[sl], labels=r.labels[sl], clean_pred=r.clean_pred[sl],
+                          outcomes=outs, params=r.params)
+    return part(slice(0, at), 0.25), part(slice(at, None), 0.75)
+
+
+def _two_attacks() -> EvalResult:
+    a = _out(params={"steps": 10, "seed": 0}, seconds=2.0)
+    b = _out(attack="fmn", eps=math.inf, pert=(0.3, 0.2, 0.0), seconds=4.0)
+    return EvalResult(index=torch.tensor([7, 3, 5]), labels=torch.tensor([0, 1, 2]),
+                      clean_pred=torch.tensor([0, 1, 1]), outcomes=(a, b), params={"n": 3})
+
+
+@pytest.mark.parametrize("at", [1, 2])
+def test_concat_of_the_pieces_is_the_whole(at):
+    r = _two_attacks()
+    joined = EvalResult.concat(_split(r, at))
+    assert joined == r  # tensors, params and the summed seconds
+    assert joined.index.tolist() == [7, 3, 5]
+    assert [o.seconds for o in joined.outcomes] == [2.0, 4.0]
+    assert EvalResult.concat([r]) == r
+    # the order of the parts is the order of the points
+    first, rest = _split(r, at)
+    swapped = EvalResult.concat([rest, first])
+    assert swapped.index.tolist() == [*rest.index.tolist(), *first.index.tolist()]
+    assert swapped.only(attack="fmn").perturbation.tolist() == [
+        *rest.only(attack="fmn").perturbation.tolist(),
+        *first.only(attack="fmn").perturbation.tolist()]
+
+
+def test_concat_of_records_without_outcomes():
+    r = _res()
+    joined = EvalResult.concat([r, r])
+    assert joined.outcomes == () and joined.labels.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_concat_refuses_parts_that_do_not_match():
+    r = _two_attacks()
+    first, rest = _split(r, 1)
+    with pytest.raises(ValueError, match="at least one EvalResult"):
+        EvalResult.concat([])
+    with pytest.raises(TypeError, match="sequence of EvalResult"):
+        EvalResult.concat(r)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="joins EvalResult objects"):
+        EvalResult.concat([first, first.outcomes[0]])  # type: ignore[list-item]
+    reordered = EvalResult(index=rest.index, labels=rest.labels, clean_pred=rest.clean_pred,
+                           outcomes=rest.outcomes[::-1], params=rest.params)
+    with pytest.raises(ValueError, match="same attacks in the same order"):
+        EvalResult.concat([first, reordered])
+    fewer = EvalResult(index=rest.index, labels=rest.labels, clean_pred=rest.clean_pred,
+                       outcomes=rest.outcomes[:1], params=rest.params)
+    with pytest.raises(ValueError, match="same attacks in the same order"):
+        EvalResult.concat([first, fewer])
+    o = rest.outcomes[0]
+    other_seed = AttackOutcome(attack=o.attack, norm=o.norm, eps=o.eps, adv_pred=o.adv_pred,
+                               perturbation=o.perturbation, params={**o.params, "seed": 1})
+    with pytest.raises(ValueError, match="same attacks in the same order"):
+        EvalResult.concat([first, EvalResult(
+            index=rest.index, labels=rest.labels, clean_pred=rest.clean_pred,
+            outcomes=(other_seed, rest.outcomes[1]), params=rest.params)])
+    with pytest.raises(ValueError, match="has params"):
+        EvalResult.concat([first, EvalResult(
+            index=rest.index, labels=rest.labels, clean_pred=rest.clean_pred,
+            outcomes=rest.outcomes, params={"n": 4})])

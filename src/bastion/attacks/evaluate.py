@@ -4,10 +4,15 @@
 minimal-perturbation attack (FMN or PGD bisection) and records the norm of the smallest
 adversarial example found, so the seed's eq. (3) and its of-successes variant are
 ``bastion.metrics.average_perturbation`` / ``average_perturbation_of_successes`` of it.
+
+Both draw each batch's randomness from the seed and the batch's number alone
+(``sharding.batch_seed``), so under ``torchrun`` the ranks can split the batches between
+them (``sharding.map_batches``) and every rank still returns the record one process would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -17,11 +22,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from bastion._torch import model_mode
+from bastion._torch import model_mode, unwrap
 from bastion._validate import check_choice, check_images, check_int, check_labels
 from bastion.attacks.core import perturbation_norm
 from bastion.attacks.minimal import MinimalResult, fmn, minimal_eps_by_bisection
 from bastion.attacks.pgd import ATTACK_NORMS
+from bastion.attacks.sharding import batch_seed, map_batches, process_share
 from bastion.attacks.spec import AttackSpec
 from bastion.errors import InputError, InputTypeError
 from bastion.records import AttackOutcome, EvalResult
@@ -47,6 +53,8 @@ def _check_common(model: nn.Module, batch_size: int, seed: int,
     if next(model.parameters(), None) is None:
         raise InputError("model has no parameters (the evaluation puts its inputs on the "
                          "device of the model's parameters)")
+    if n == 0:
+        raise InputError("images is empty: an evaluation needs at least one point")
     _check_batch_size(batch_size)
     check_int(seed, "seed", low=0)
     if index is not None:
@@ -82,21 +90,62 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.T
         return torch.cat(chunks)
 
 
-def _clean_batches(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-    device: torch.device,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Batches ``(x, y, clean predictions)`` on ``device``, the model in eval mode; the
-    labels are checked against the model's number of classes on the first batch."""
-    with model_mode(model, False):
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size].to(device)
-            y = labels[i : i + batch_size].to(device)
-            with torch.no_grad():
-                logits = model(x)
-            if i == 0:
-                _check_label_range(labels, logits)
-            yield x, y, logits.argmax(1)
+@contextlib.contextmanager
+def _seeded_global_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """Seed torch's global RNG with ``seed`` inside, restore the caller's state after.
+
+    For attacks that draw from (or reseed) the global RNG, such as torchattacks' APGD, FAB
+    and Square behind ``autoattack``: the CPU generator and that of ``device`` (when it is
+    an accelerator) are saved and restored.
+    """
+    devices = [] if device.type == "cpu" else [device]
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        torch.manual_seed(seed)
+        yield
+
+
+class _Batches:
+    """Global batch ``b`` of an evaluation: points ``[b * size, (b + 1) * size)``."""
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 index: torch.Tensor, size: int, device: torch.device) -> None:
+        self.model, self.images, self.labels, self.index = model, images, labels, index
+        self.size, self.device = size, device
+        self.count = math.ceil(len(images) / size)
+        self._labels_checked = False
+
+    def clean(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x, y, clean predictions)`` of batch ``b`` on the device (model in eval mode);
+        the labels are checked against the model's number of classes on the first call."""
+        sl = slice(b * self.size, (b + 1) * self.size)
+        x = self.images[sl].to(self.device)
+        y = self.labels[sl].to(self.device)
+        with torch.no_grad():
+            logits = self.model(x)
+        if not self._labels_checked:
+            _check_label_range(self.labels, logits)
+            self._labels_checked = True
+        return x, y, logits.argmax(1)
+
+    def record(self, b: int, clean_pred: torch.Tensor,
+               outcomes: Sequence[AttackOutcome]) -> EvalResult:
+        """The ``EvalResult`` of batch ``b``."""
+        sl = slice(b * self.size, (b + 1) * self.size)
+        return EvalResult(index=self.index[sl], labels=self.labels[sl].cpu(),
+                          clean_pred=clean_pred.cpu(), outcomes=tuple(outcomes))
+
+
+def _evaluate_sharded(
+    batches: _Batches, attack_batch: Callable[[int], EvalResult], *, distributed: bool | None,
+    signature: Any,
+) -> EvalResult:
+    """Run ``attack_batch`` on every global batch (this rank's share under a process
+    group, see ``sharding``) and join the pieces, in point order, into one record."""
+    rank, world = process_share(distributed)
+    with model_mode(batches.model, False):
+        pieces = map_batches(attack_batch, batches.count, rank=rank, world=world,
+                             signature=signature)
+    return EvalResult.concat(pieces)
 
 
 def evaluate_attacks(
@@ -109,23 +158,43 @@ def evaluate_attacks(
     seed: int = 0,
     index: torch.Tensor | None = None,
     progress: Callable[[int], None] | None = None,
+    distributed: bool | None = None,
 ) -> EvalResult:
     """Attack ``model`` with each of ``attacks`` on the same points; one record for all.
 
     Points misclassified when clean are not attacked (x' = x), see ``AttackOutcome``. The
-    model runs in eval mode; its mode is restored. Each attack draws its random starts
-    from its own generator seeded with ``seed`` on the model's device, so an attack's
-    outcome is the same whether it runs alone or beside others.
+    model runs in eval mode; its mode is restored.
+
+    Randomness: batch ``b`` (points ``[b * batch_size, (b + 1) * batch_size)``) draws from
+    ``sharding.batch_seed(seed, b)`` only (``seed`` itself for batch 0): each attack gets
+    its own fresh generator with that seed on the model's device, and runs with torch's
+    global RNG seeded with it too (for torchattacks' components, which draw from it; the
+    caller's global RNG state is restored afterwards). So an attack's outcome is the same
+    whether it runs alone or beside others, and a batch's outcome does not depend on the
+    batches evaluated before it; it does depend on ``batch_size``.
+
+    Under an initialised ``torch.distributed`` process group with several ranks (and
+    ``distributed`` not False), every rank must call this with the same arguments: rank
+    ``r`` attacks the batches ``b`` with ``b % world_size == r``, the ranks exchange their
+    pieces, and every rank returns the same full record, equal to the one a single
+    process produces. Each outcome's ``seconds`` are then process-seconds: the sum of
+    every rank's time on that attack. A ``DistributedDataParallel`` model is unwrapped
+    first (the ranks run different numbers of batches, so no forward pass may sync).
 
     Args:
         model: classifier on [0, 1] inputs.
-        images: [N, C, H, W] in [0, 1].
+        images: [N, C, H, W] in [0, 1] (N >= 1).
         labels: int64 [N].
         attacks: the attacks' settings (at least one).
         batch_size: images per attack batch.
         seed: seed of the attacks' randomness.
         index: dataset positions of the points (default 0..N-1).
-        progress: called with the number of images finished after every batch.
+        progress: called with the number of images finished after every batch (this
+            rank's batches only).
+        distributed: None: split the batches across the ranks of the default process
+            group if one is initialised; False: evaluate every batch in this process
+            whatever the process group (e.g. when only rank 0 evaluates); True: require
+            an initialised process group.
 
     Returns:
         ``EvalResult`` with one ``AttackOutcome`` per attack, in order.
@@ -141,38 +210,40 @@ def evaluate_attacks(
     if bad:
         raise InputTypeError(f"attacks must be AttackSpec objects, got {', '.join(bad)}")
     _check_common(model, batch_size, seed, index, len(images), progress)
+    model = unwrap(model)  # no DDP hooks: the ranks run different numbers of batches
     device = next(model.parameters()).device
-    gens = [torch.Generator(device=device).manual_seed(seed) for _ in attacks]
-    clean: list[torch.Tensor] = []
-    adv: list[list[torch.Tensor]] = [[] for _ in attacks]
-    pert: list[list[torch.Tensor]] = [[] for _ in attacks]
-    seconds = [0.0 for _ in attacks]
-    for x, y, cp in _clean_batches(model, images, labels, batch_size, device):
+    batches = _Batches(model, images, labels, _index(index, len(images)), batch_size, device)
+    params = [{**a.to_dict(), "seed": seed} for a in attacks]
+
+    def attack_batch(b: int) -> EvalResult:
+        x, y, cp = batches.clean(b)
         ok = cp == y
-        clean.append(cp.cpu())
-        for j, attack in enumerate(attacks):
+        s = batch_seed(seed, b)
+        outcomes = []
+        for a, p in zip(attacks, params, strict=True):
             t0 = time.perf_counter()
             ap = cp.clone()
             pn = torch.zeros(len(x), device=device)
             if ok.any():
-                r = attack.run(model, x[ok], y[ok], generator=gens[j])
+                gen = torch.Generator(device=device).manual_seed(s)
+                with _seeded_global_rng(device, s):
+                    r = a.run(model, x[ok], y[ok], generator=gen)
                 with torch.no_grad():
                     ap[ok] = model(r.x_adv).argmax(1)
-                pn[ok] = perturbation_norm(r.x_adv - x[ok], attack.norm)
-            adv[j].append(ap.cpu())
-            pert[j].append(pn.float().cpu())
-            seconds[j] += time.perf_counter() - t0
+                pn[ok] = perturbation_norm(r.x_adv - x[ok], a.norm)
+            outcomes.append(AttackOutcome(
+                attack=a.name, norm=a.norm, eps=float(a.eps),
+                adv_pred=ap.cpu(), perturbation=pn.float().cpu(), params=p,
+                seconds=time.perf_counter() - t0,
+            ))
         if progress is not None:
             progress(len(x))
-    outcomes = tuple(
-        AttackOutcome(attack=a.name, norm=a.norm, eps=float(a.eps),
-                      adv_pred=torch.cat(adv[j]), perturbation=torch.cat(pert[j]),
-                      params={**a.to_dict(), "seed": seed}, seconds=seconds[j])
-        for j, a in enumerate(attacks)
-    )
-    result = EvalResult(index=_index(index, len(images)), labels=labels.cpu(),
-                        clean_pred=torch.cat(clean), outcomes=outcomes)
-    for a, o in zip(attacks, outcomes, strict=True):
+        return batches.record(b, cp, outcomes)
+
+    result = _evaluate_sharded(batches, attack_batch, distributed=distributed,
+                               signature=(len(images), batch_size, seed, int(labels.sum()),
+                                          repr(params)))
+    for a, o in zip(attacks, result.outcomes, strict=True):
         log.info("%r: clean %.4f robust %.4f (%.1fs)", a,
                  float(result.clean_correct.double().mean()),
                  float(result.adv_correct(a.eps, norm=a.norm, attack=a.name)
@@ -190,10 +261,11 @@ def evaluate_attack(
     seed: int = 0,
     index: torch.Tensor | None = None,
     progress: Callable[[int], None] | None = None,
+    distributed: bool | None = None,
 ) -> EvalResult:
     """``evaluate_attacks`` with one attack (same arguments and record)."""
     return evaluate_attacks(model, images, labels, [attack], batch_size=batch_size, seed=seed,
-                            index=index, progress=progress)
+                            index=index, progress=progress, distributed=distributed)
 
 
 def evaluate_minimal(
@@ -211,6 +283,7 @@ def evaluate_minimal(
     seed: int = 0,
     index: torch.Tensor | None = None,
     progress: Callable[[int], None] | None = None,
+    distributed: bool | None = None,
 ) -> EvalResult:
     """Run a minimal-perturbation attack on every clean-correct point; one record.
 
@@ -232,11 +305,15 @@ def evaluate_minimal(
     * ``metrics.robust_accuracy(result, eps=r)`` is robust accuracy at any radius r
       against this attack, and ``result.robust_accuracy_curve(radii)`` the curve.
 
-    The model runs in eval mode (its mode is restored), and so does the attack.
+    The model runs in eval mode (its mode is restored), and so does the attack. Batches,
+    their seeds (``sharding.batch_seed(seed, b)``, the bisection's generator and torch's
+    global RNG alike) and the split across ``torchrun`` ranks (``distributed``; the
+    outcome's ``seconds`` are then summed over the ranks) are those of
+    ``evaluate_attacks``.
 
     Args:
         model: classifier on [0, 1] inputs.
-        images: [N, C, H, W] in [0, 1].
+        images: [N, C, H, W] in [0, 1] (N >= 1).
         labels: int64 [N].
         attack: ``"fmn"`` or ``"bisection"``.
         norm: ``"linf"`` or ``"l2"``.
@@ -250,7 +327,11 @@ def evaluate_minimal(
             recorded in the outcome's ``params``.
         seed: seed of the bisection's PGD random starts (FMN is deterministic).
         index: dataset positions of the points (default 0..N-1).
-        progress: called with the number of images finished after every batch.
+        progress: called with the number of images finished after every batch (this
+            rank's batches only).
+        distributed: as for ``evaluate_attacks``: None splits the batches across an
+            initialised process group, False evaluates all of them here, True requires a
+            process group.
 
     Returns:
         ``EvalResult`` with one ``AttackOutcome`` named ``attack`` (``eps = inf``).
@@ -279,45 +360,48 @@ def evaluate_minimal(
     if reserved:
         raise InputError(f"options may not set {sorted(reserved)}; they are arguments of "
                          "evaluate_minimal (the attack always runs in eval mode)")
+    model = unwrap(model)  # no DDP hooks: the ranks run different numbers of batches
     device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
+    params: dict[str, Any] = {"attack": attack, "norm": norm, "steps": steps, **opts,
+                              "seed": seed}
+    if attack == "bisection":
+        params.update(eps_max=float(eps_max), search_steps=search_steps)  # type: ignore[arg-type]
+    batches = _Batches(model, images, labels, _index(index, len(images)), batch_size, device)
 
-    def run(x: torch.Tensor, y: torch.Tensor) -> MinimalResult:
+    def run(x: torch.Tensor, y: torch.Tensor, s: int) -> MinimalResult:
         if attack == "fmn":
             return fmn(model, x, y, norm=norm, steps=steps,  # type: ignore[arg-type]
                        train_mode=False, **opts)
+        gen = torch.Generator(device=device).manual_seed(s)
         return minimal_eps_by_bisection(
             model, x, y, norm=norm, eps_max=float(eps_max),  # type: ignore[arg-type]
             steps=steps, search_steps=search_steps, train_mode=False, generator=gen, **opts,
         )
 
-    clean: list[torch.Tensor] = []
-    adv: list[torch.Tensor] = []
-    pert: list[torch.Tensor] = []
-    t0 = time.perf_counter()
-    for x, y, cp in _clean_batches(model, images, labels, batch_size, device):
+    def attack_batch(b: int) -> EvalResult:
+        t0 = time.perf_counter()
+        x, y, cp = batches.clean(b)
         ok = cp == y
         ap = cp.clone()
         pn = torch.zeros(len(x), dtype=torch.float32, device=device)
         if ok.any():
-            r = run(x[ok], y[ok])
+            s = batch_seed(seed, b)
+            with _seeded_global_rng(device, s):
+                r = run(x[ok], y[ok], s)
             with torch.no_grad():
                 ap[ok] = model(r.x_adv).argmax(1)
             pn[ok] = r.norm.float()
-        clean.append(cp.cpu())
-        adv.append(ap.cpu())
-        pert.append(pn.cpu())
+        outcome = AttackOutcome(attack=attack, norm=norm, eps=math.inf,  # type: ignore[arg-type]
+                                adv_pred=ap.cpu(), perturbation=pn.cpu(), params=params,
+                                seconds=time.perf_counter() - t0)
         if progress is not None:
             progress(len(x))
-    params: dict[str, Any] = {"attack": attack, "norm": norm, "steps": steps, **opts,
-                              "seed": seed}
-    if attack == "bisection":
-        params.update(eps_max=float(eps_max), search_steps=search_steps)  # type: ignore[arg-type]
-    outcome = AttackOutcome(attack=attack, norm=norm, eps=math.inf,  # type: ignore[arg-type]
-                            adv_pred=torch.cat(adv), perturbation=torch.cat(pert),
-                            params=params, seconds=time.perf_counter() - t0)
-    result = EvalResult(index=_index(index, len(images)), labels=labels.cpu(),
-                        clean_pred=torch.cat(clean), outcomes=(outcome,))
+        return batches.record(b, cp, (outcome,))
+
+    result = _evaluate_sharded(batches, attack_batch, distributed=distributed,
+                               signature=(len(images), batch_size, seed, int(labels.sum()),
+                                          repr(params)))
+    outcome = result.outcomes[0]
     log.info("%s %s (%d steps): clean %.4f, attack flipped %.4f of the points (%.1fs)",
              attack, norm, steps, float(result.clean_correct.double().mean()),
              float((result.clean_correct & (outcome.adv_pred != result.labels))

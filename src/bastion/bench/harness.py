@@ -76,7 +76,13 @@ from bastion.metrics import (
 )
 from bastion.records import Certificate, EvalResult, History
 from bastion.records.io import atomic_write_bytes, atomic_write_json, load_record, save_record
-from bastion.runs import certify_run, load_model, resolve_device, train_from_config
+from bastion.runs import (
+    certify_run,
+    init_distributed,
+    load_model,
+    resolve_device,
+    train_from_config,
+)
 from bastion.train.checkpoint import checkpoint_dir
 
 log = logging.getLogger(__name__)
@@ -337,6 +343,39 @@ def _run_certify(ctx: _Context) -> tuple[Certificate, float] | None:
     return rows_to_certificate(rows, _cert_norm(noise[0])), seconds
 
 
+def _run_smoothed_attack(ctx: _Context) -> EvalResult | None:
+    cp = ctx.protocol.certified
+    noise = smoothing_noise(ctx.defense.config)
+    if cp is None or cp.attack is None or noise is None or _cert_norm(noise[0]) != "l2":
+        return None
+    from bastion.certify.smoothed_attack import attack_smoothed
+    from bastion.certify.smoothing import SmoothedClassifier
+    from bastion.noise import from_std
+
+    radii = [r for r in cp.radii if r > 0]
+    if not radii:
+        return None
+    stage, fname = "smoothed-attack", "smoothed-attack.json"
+    fp = ctx.fingerprint({"attack": protocol_dict(cp.attack), "radii": radii,
+                          "n_inputs": cp.n_inputs, "alpha": cp.alpha, "noise": noise,
+                          "seed": ctx.protocol.seed})
+    if ctx.stages.fresh(stage, fp, fname):
+        ctx.hooks.stage(ctx.defense.name, stage, "cached")
+        return load_record(EvalResult, ctx.stages.folder / fname)
+    ctx.hooks.stage(ctx.defense.name, stage, "start")
+    t0 = time.perf_counter()
+    smoothed = SmoothedClassifier(ctx.model, from_std(noise[0], noise[1]), ctx.num_classes)
+    k = min(cp.n_inputs, len(ctx.x))
+    result = attack_smoothed(smoothed, ctx.x[:k], ctx.y[:k], radii, steps=cp.attack.steps,
+                             samples=cp.attack.samples, n=cp.attack.n, alpha=cp.alpha,
+                             seed=ctx.protocol.seed)
+    if _main():
+        save_record(ctx.stages.folder / fname, result)
+    ctx.stages.done(stage, fp, fname, time.perf_counter() - t0)
+    ctx.hooks.stage(ctx.defense.name, stage, "done")
+    return result
+
+
 def _cert_norm(noise: str) -> str:
     from bastion.noise import from_std
 
@@ -351,13 +390,15 @@ def _history(run_dir: Path) -> History | None:
 
 
 def _run_checks(ctx: _Context, results: Mapping[str, EvalResult],
-                cert: Certificate | None) -> list[CheckFinding]:
+                cert: Certificate | None, smoothed: EvalResult | None) -> list[CheckFinding]:
     if not ctx.protocol.checks:
         return []
     stage, fname = "checks", "checks.json"
     fp = ctx.fingerprint({"checks": ctx.protocol.check_points,
                           "results": {k: stable_hash(v.to_dict()) for k, v in results.items()},
-                          "cert": None if cert is None else stable_hash(cert.to_dict())})
+                          "cert": None if cert is None else stable_hash(cert.to_dict()),
+                          "smoothed": None if smoothed is None
+                          else stable_hash(smoothed.to_dict())})
     if ctx.stages.fresh(stage, fp, fname):
         data = json.loads((ctx.stages.folder / fname).read_text())
         return [CheckFinding.from_dict(f) for f in data["findings"]]
@@ -379,6 +420,9 @@ def _run_checks(ctx: _Context, results: Mapping[str, EvalResult],
             weaker=weaker if strongest else None,
             stronger=_label_selector(strongest) if strongest else None,
             convergence_eps=emp.eps if strongest else None, warn=False)
+    if cert is not None and smoothed is not None:
+        radii = sorted({o.eps for o in smoothed.outcomes})
+        found += run_checks(result=smoothed, cert=cert, radii=radii, warn=False)
     unique: list[CheckFinding] = []
     for f in found:
         if all((f.name, f.message) != (u.name, u.message) for u in unique):
@@ -406,7 +450,8 @@ def _label_selector(label: str) -> Callable[[Any], bool]:
 def build_row(
     *, name: str, config: Any, protocol: Protocol, results: Mapping[str, EvalResult],
     minimal: Mapping[str, EvalResult | None], cert: Certificate | None,
-    findings: list[CheckFinding], history: History | None, timings: Mapping[str, float],
+    smoothed: EvalResult | None = None, findings: list[CheckFinding],
+    history: History | None, timings: Mapping[str, float],
     base: Mapping[str, str], source: str, run_dir: Path, description: str = "",
 ) -> dict[str, Any]:
     """A defense's leaderboard row: a flat JSON dict (see ``bench.leaderboard``).
@@ -455,6 +500,10 @@ def build_row(
                                            .double().mean())
         row["abstain_rate"] = float(cert.abstained.double().mean())
         row["certified_n"] = len(cert)
+    if smoothed is not None:
+        for o in smoothed.outcomes:
+            row[f"smoothed_robust_acc/{o.norm}/{o.eps:g}"] = float(
+                smoothed.adv_correct(o.eps, norm=o.norm).double().mean())
     row["train_seconds"] = (sum(float(e.get("train_seconds") or 0.0) for e in history.epochs)
                             if history is not None else None)
     row["epochs"] = len(history) if history is not None else None
@@ -515,6 +564,7 @@ def run_defense(defense: ResolvedDefense, suite: Suite, out: Path,
     else:
         run_dir = defense.run_dir
         source = f"run {run_dir}"
+        init_distributed(resolve_device(defense.config.device))
     bench_dir = folder_root / BENCH
     if _main():
         bench_dir.mkdir(parents=True, exist_ok=True)
@@ -537,12 +587,14 @@ def run_defense(defense: ResolvedDefense, suite: Suite, out: Path,
         _run_examples(ctx, emp)
     certified = _run_certify(ctx)
     cert = certified[0] if certified else None
-    findings = _run_checks(ctx, results, cert)
+    smoothed = _run_smoothed_attack(ctx) if cert is not None else None
+    findings = _run_checks(ctx, results, cert, smoothed)
     timings = {"eval": sum(ctx.stages.seconds(f"attacks-{e.norm}") for e in p.empirical),
                "minimal": sum(ctx.stages.seconds(f"minimal-{e.norm}") for e in p.empirical),
-               "certify": certified[1] if certified else 0.0}
+               "certify": certified[1] if certified else 0.0,
+               "smoothed_attack": ctx.stages.seconds("smoothed-attack")}
     row = build_row(name=defense.name, config=defense.config, protocol=p, results=results,
-                    minimal=minimal, cert=cert, findings=findings,
+                    minimal=minimal, cert=cert, smoothed=smoothed, findings=findings,
                     history=_history(run_dir), timings=timings,
                     base={**base, "protocol": stable_hash(protocol_dict(p))},
                     source=source, run_dir=run_dir, description=defense.entry.description)

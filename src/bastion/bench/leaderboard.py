@@ -21,7 +21,8 @@ from typing import Any
 from bastion.records.io import atomic_write_bytes, atomic_write_json
 
 _FIRST = ("name", "method", "clean_acc")
-_LAST = ("train_seconds", "eval_seconds", "minimal_seconds", "certify_seconds", "flags")
+_LAST = ("train_seconds", "eval_seconds", "minimal_seconds", "certify_seconds",
+         "smoothed_attack_seconds", "flags")
 
 
 def _header(key: str) -> str:
@@ -38,9 +39,12 @@ def _header(key: str) -> str:
         return f"avg pert. of successes ({parts[1]})"
     if head == "certified_acc":
         return f"certified {parts[1]} r={parts[2]}"
+    if head == "smoothed_robust_acc":
+        return f"SmoothAdv on g {parts[1]} r={parts[2]}"
     return {"name": "defense", "method": "method", "clean_acc": "clean", "acr": "ACR",
             "train_seconds": "train s", "eval_seconds": "attacks s",
             "minimal_seconds": "minimal s", "certify_seconds": "certify s",
+            "smoothed_attack_seconds": "SmoothAdv s",
             "flags": "checks"}.get(key, key)
 
 
@@ -61,6 +65,7 @@ def leaderboard_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, st
     ordered += [k for k in robust if k.endswith("/worst")]
     ordered += group("asr/") + group("avg_perturbation/")
     ordered += group("certified_acc/") + [k for k in ("acr",) if k in keys]
+    ordered += group("smoothed_robust_acc/")
     ordered += [k for k in _LAST if k in keys]
     return [(k, _header(k)) for k in ordered]
 
@@ -74,7 +79,8 @@ def format_value(key: str, value: Any) -> str:
         return ", ".join(value) if value else "none"
     if key.endswith("_seconds"):
         return f"{float(value):.0f}"
-    if key.startswith(("robust_acc/", "asr/", "certified_acc/")) or key == "clean_acc":
+    if key.startswith(("robust_acc/", "asr/", "certified_acc/", "smoothed_robust_acc/")) or (
+            key == "clean_acc"):
         return f"{100 * float(value):.1f}"
     if key.startswith("avg_perturbation") or key == "acr":
         return f"{float(value):.4f}" if key != "acr" else f"{float(value):.3f}"

@@ -143,13 +143,25 @@ class EmpiricalProtocol:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SmoothedAttackEntry:
+    """SmoothAdv PGD on the smoothed classifier (``certify.smoothed_attack``): ``steps``,
+    noise ``samples`` per step, PREDICT's ``n`` draws (its alpha is the protocol's)."""
+
+    steps: int = 20
+    samples: int = 16
+    n: int = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
 class CertifiedProtocol:
     """Randomized-smoothing certification of the defenses trained with noise.
 
     CERTIFY (Cohen et al. 2019, arXiv 1902.02918) with ``n0`` selection and ``n``
     estimation draws at failure probability ``alpha`` on the first ``n_inputs`` of the
     protocol's test points; the leaderboard shows certified accuracy at ``radii``
-    ([0, 1] pixel units of the noise's norm) and the ACR.
+    ([0, 1] pixel units of the noise's norm) and the ACR. ``attack`` (L2 noise only)
+    attacks the smoothed classifier at the same radii on the same points, for the check
+    that no certified accuracy exceeds the empirical one.
     """
 
     n0: int = 100
@@ -158,6 +170,7 @@ class CertifiedProtocol:
     n_inputs: int = 100
     radii: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     batch_size: int | None = None
+    attack: SmoothedAttackEntry | None = field(default_factory=SmoothedAttackEntry)
 
     def __post_init__(self) -> None:
         if self.n0 < 1 or self.n < 1 or self.n_inputs < 1:
@@ -348,6 +361,7 @@ __all__ = [
     "MinimalEntry",
     "Protocol",
     "ResolvedDefense",
+    "SmoothedAttackEntry",
     "SMOOTHING_METHODS",
     "Suite",
     "attack_label",

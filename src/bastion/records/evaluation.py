@@ -75,7 +75,8 @@ class AttackOutcome(TensorRecord):
             float32 rounding of the projection).
         params: the attack's settings (steps, step size, restarts, objective, seed, ...),
             JSON-safe.
-        seconds: wall time of this attack over all points (>= 0).
+        seconds: time spent on this attack over all points (>= 0); the sum over the
+            batches, and over the processes when they were shared out (``concat``).
 
     Tensors are kept on the CPU.
     """
@@ -279,6 +280,64 @@ class EvalResult(TensorRecord):
         """A new record with ``outcome`` added (checked against the same invariants)."""
         return EvalResult(index=self.index, labels=self.labels, clean_pred=self.clean_pred,
                           outcomes=(*self.outcomes, outcome), params=self.params)
+
+    @classmethod
+    def concat(cls, parts: Sequence[EvalResult]) -> EvalResult:
+        """One record of the points of ``parts``, in order (e.g. the batches of a sharded
+        evaluation put back together).
+
+        Every part must hold the same attacks in the same order (equal ``attack``,
+        ``norm``, ``eps`` and ``params`` of each outcome) and equal record ``params``.
+        ``index``, ``labels``, ``clean_pred`` and each outcome's ``adv_pred`` and
+        ``perturbation`` are concatenated; each outcome's ``seconds`` is the sum over the
+        parts (process-seconds when the parts ran in parallel). The parts should cover
+        disjoint points; this is not checked.
+
+        Example:
+            >>> out = AttackOutcome(attack="pgd", norm="linf", eps=0.1,
+            ...                     adv_pred=torch.tensor([1]), perturbation=torch.tensor([0.1]))
+            >>> one = EvalResult(index=torch.tensor([0]), labels=torch.tensor([0]),
+            ...                  clean_pred=torch.tensor([0]), outcomes=(out,))
+            >>> two = EvalResult(index=torch.tensor([1]), labels=torch.tensor([2]),
+            ...                  clean_pred=torch.tensor([2]), outcomes=(out,))
+            >>> both = EvalResult.concat([one, two])
+            >>> both.index.tolist(), both.only().adv_pred.tolist()
+            ([0, 1], [1, 1])
+        """
+        if isinstance(parts, EvalResult) or not isinstance(parts, Sequence):
+            raise InputTypeError("EvalResult.concat needs a sequence of EvalResult, got "
+                                 f"{type(parts).__name__}")
+        if not parts:
+            raise InputError("EvalResult.concat needs at least one EvalResult")
+        bad = sorted({type(p).__name__ for p in parts if not isinstance(p, EvalResult)})
+        if bad:
+            raise InputTypeError(f"EvalResult.concat joins EvalResult objects, got {bad}")
+        first = parts[0]
+        key = [(o.attack, o.norm, o.eps, o.params) for o in first.outcomes]
+        for i, p in enumerate(parts[1:], start=1):
+            if p.params != first.params:
+                raise InputError(f"part {i} has params {p.params!r}, part 0 {first.params!r}")
+            other = [(o.attack, o.norm, o.eps, o.params) for o in p.outcomes]
+            if other != key:
+                raise InputError(
+                    f"part {i} has outcomes {[k[:3] for k in other]} but part 0 has "
+                    f"{[k[:3] for k in key]} (with their params): concat joins records of "
+                    "the same attacks in the same order"
+                )
+
+        outcomes = []
+        for j, o in enumerate(first.outcomes):
+            each = [p.outcomes[j] for p in parts]
+            outcomes.append(AttackOutcome(
+                attack=o.attack, norm=o.norm, eps=o.eps,
+                adv_pred=torch.cat([e.adv_pred for e in each]),
+                perturbation=torch.cat([e.perturbation for e in each]),
+                params=o.params, seconds=sum(e.seconds for e in each),
+            ))
+        return cls(index=torch.cat([p.index for p in parts]),
+                   labels=torch.cat([p.labels for p in parts]),
+                   clean_pred=torch.cat([p.clean_pred for p in parts]),
+                   outcomes=tuple(outcomes), params=first.params)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:

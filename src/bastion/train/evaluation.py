@@ -54,7 +54,9 @@ def _measure(model: nn.Module, data: TensorData, n: int, plan: EvalPlan,
     if plan.attack is None:
         pred = predict(model, x.to(next(model.parameters()).device), plan.batch_size).cpu()
         return {f"{prefix}_clean_acc": float((pred == y).double().mean())}
-    r = evaluate_attack(model, x, y, plan.attack, batch_size=plan.batch_size, seed=plan.seed)
+    # fit evaluates on rank 0 only: the evaluation must not wait for the other ranks
+    r = evaluate_attack(model, x, y, plan.attack, batch_size=plan.batch_size, seed=plan.seed,
+                        distributed=False)
     return {f"{prefix}_clean_acc": float(r.clean_correct.double().mean()),
             f"{prefix}_robust_acc": float(r.adv_correct().double().mean())}
 
