@@ -51,6 +51,7 @@ from bastion.attacks.threat import ThreatModel
 from bastion.data.registry import DATASET_INFO, DATASETS
 from bastion.errors import BastionError, ConfigError, InputError, InputTypeError, MissingFileError
 from bastion.models.registry import MODELS, build, check_architecture
+from bastion.train.loop import PRECISIONS, check_precision
 from bastion.train.registry import METHODS, build_method, canonical_method_options
 from bastion.train.schedules import ScheduleConfig
 
@@ -99,6 +100,11 @@ class TrainConfig:
     ``init_from`` names a finished run folder whose last checkpoint initialises the model
     (fine-tuning, e.g. MACER from a Gaussian-trained base classifier); the architecture
     must match.
+
+    ``precision`` is the arithmetic of the training steps: ``"fp32"``, or ``"bf16"`` (each
+    step's attack and training forward under bf16 autocast, parameters and optimizer in
+    fp32; ``train.loop``). It is part of the run: a resume with another precision is
+    refused. ``validate`` checks that torch can run bf16 autocast on the device.
     """
 
     dataset: Literal["fashion-mnist", "mnist", "cifar10", "digits"] = "fashion-mnist"
@@ -115,6 +121,7 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     channels_last: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
     patience: int | None = None
     device: str = "auto"
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -260,6 +267,7 @@ def _check_values(cfg: TrainConfig) -> None:
     if cfg.seed >= 2**63:
         _fail("seed", f"must be below 2^63, got {cfg.seed}")
     _flag("channels_last", cfg.channels_last)
+    _choice("precision", cfg.precision, PRECISIONS)
     _int("patience", cfg.patience, 1, optional=True)
     _name("device", cfg.device)
     if cfg.device != "auto":
@@ -290,14 +298,31 @@ def _check_device_here(device: str) -> None:
         raise ConfigError(str(err)) from None
 
 
+def _check_precision_here(cfg: TrainConfig) -> None:
+    """``precision: bf16`` only where torch runs bf16 autocast on the device ``cfg`` trains
+    on (``"auto"``: the current accelerator if any, else the CPU, as ``runs`` resolves it)."""
+    if cfg.precision == "fp32":
+        return
+    if cfg.device == "auto":
+        acc = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        device = acc if acc is not None else torch.device("cpu")
+    else:
+        device = torch.device(cfg.device)
+    try:
+        check_precision(cfg.precision, device)
+    except InputError as err:
+        raise ConfigError(f"{_ROOT}.precision: {err}") from None
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check ``cfg`` against this machine and its dataset; return it unchanged.
 
     On top of what building a ``TrainConfig`` checks: ``device`` exists here (``"auto"``,
     ``"cpu"`` or an accelerator present, e.g. ``cuda`` only with a GPU; the error lists
-    the valid choices) and the model builds with ``model_options`` for the dataset's image
-    shape (on the meta device: no memory, no initialisation). ``load_config`` calls it; so
-    does ``runs.train_from_config`` before writing anything. Files the config names
+    the valid choices), ``precision: bf16`` runs on it (torch has bf16 autocast there) and
+    the model builds with ``model_options`` for the dataset's image shape (on the meta
+    device: no memory, no initialisation). ``load_config`` calls it; so does
+    ``runs.train_from_config`` before writing anything. Files the config names
     (``init_from``, ``data_dir``) are checked where they are read, also before anything is
     written, so a recipe that names another machine's folders still parses.
 
@@ -309,6 +334,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not isinstance(cfg, TrainConfig):
         raise InputTypeError(f"expected a TrainConfig, got {type(cfg).__name__}")
     _check_device_here(cfg.device)
+    _check_precision_here(cfg)
     info = DATASET_INFO[cfg.dataset]
     c, h, w = info.shape
     try:

@@ -283,6 +283,7 @@ def train_from_config(
             seed=cfg.seed,
             patience=cfg.patience,
             channels_last=cfg.channels_last,
+            precision=cfg.precision,
             on_batch=on_batch,
             on_epoch=on_epoch,
             run_config=run_config,
@@ -491,7 +492,9 @@ def evaluate_run(
     attack, n, which)``.
     """
     cfg = load_config_of(run_dir)
-    model = load_model(run_dir, which, resolve_device(device))
+    dev = resolve_device(device)
+    init_distributed(dev)  # under torchrun the ranks share the points, one record
+    model = load_model(run_dir, which, dev)
     test = load_dataset(cfg.dataset, "test", cfg.data_dir)
     if not 1 <= n <= len(test):
         raise InputError(f"n must be in [1, {len(test)}], got {n}")
@@ -505,7 +508,8 @@ def evaluate_run(
         progress=progress,
     )
     result = dataclasses.replace(result, params={**result.params, "checkpoint": which, "n": n})
-    save_record(eval_record_path(run_dir, attack, n, which), result)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_record(eval_record_path(run_dir, attack, n, which), result)
     return result
 
 

@@ -18,7 +18,7 @@ from bastion._validate import check_choice, check_radius
 from bastion.attacks.threat import ThreatModel, init_threat
 from bastion.errors import InputError
 from bastion.records import StepContext, StepOutput
-from bastion.train.standard import batch_accuracy
+from bastion.train.standard import at_least_fp32, batch_accuracy
 
 Smoothing = Literal["dirichlet", "uniform", "none"]
 SMOOTHINGS: tuple[str, ...] = ("dirichlet", "uniform", "none")
@@ -260,7 +260,7 @@ class CAT:
         lowered = (eps_old - self.eta).clamp(min=0.0) if self.decrease else eps_old
         eps_new = torch.where(r.success, lowered, trial).clamp(0.0, self.eps_max)
         store[idx] = eps_new.to(device=store.device, dtype=store.dtype)
-        logits = model(r.x_adv)
+        logits = at_least_fp32(model(r.x_adv))  # an fp32 loss also under bf16 autocast
         soft = smoothed_labels(y, eps_new, num_classes=num_classes, c=self.c,
                                kind=self.smoothing, generator=gen).to(logits.dtype)
         loss = -(soft * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()

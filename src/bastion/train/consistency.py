@@ -16,7 +16,7 @@ from bastion.attacks.threat import ThreatModel, init_threat
 from bastion.errors import InputError
 from bastion.losses.consistency import js_divergence
 from bastion.records import StepContext, StepOutput
-from bastion.train.standard import batch_accuracy
+from bastion.train.standard import at_least_fp32, batch_accuracy
 
 Augment = Literal["crop-flip", "crop", "flip", "none"]
 AUGMENTS: tuple[str, ...] = ("crop-flip", "crop", "flip", "none")
@@ -163,7 +163,7 @@ class Consistency:
         gen = ctx.generator if ctx is not None else None
         y2 = y.repeat(2)
         attack = self.perturb(model, self.views(x, gen), y2, gen)
-        logits = model(attack.x_adv)
+        logits = at_least_fp32(model(attack.x_adv))  # JS in fp32 also under bf16 autocast
         ce = F.cross_entropy(logits, y2)
         logits1, logits2 = logits.chunk(2)
         js = js_divergence(logits1, logits2, self.tau)

@@ -20,16 +20,27 @@ Optional method hooks (duck-typed, no base class):
     ``state_dict()`` / ``load_state_dict(d)``. The method dataclass itself stays frozen, so
     ``dataclasses.replace`` never drops state.
     ``on_epoch_start(epoch, model, train_data, generator, state)`` before each epoch.
+
+Precision: with ``precision="bf16"`` each call of the method -- its inner attack's forward
+and input-gradient passes and the training forward -- runs under
+``torch.autocast(device_type=<the model's device type>, dtype=torch.bfloat16)``. The
+parameters, their gradients and the optimizer state stay fp32 (``backward`` and ``step``
+run outside autocast), autocast computes cross-entropy (and the other losses on its fp32
+list) in fp32, and an attack's perturbation stays an fp32 tensor in its ball (the input
+gradient of an fp32 input is fp32). ``on_epoch_start`` and the per-epoch evaluation run in
+fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.distributed as dist
@@ -49,6 +60,12 @@ from bastion.train.checkpoint import (
 )
 
 log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16"]
+"""The arithmetic of a training step: ``"fp32"``, or ``"bf16"`` autocast."""
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+"""The valid values of ``fit(precision=...)`` (and of ``TrainConfig.precision``)."""
 
 
 class Method(Protocol):
@@ -89,6 +106,74 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator, device: to
         torch.get_device_module(device.type).set_rng_state_all(state["accelerator"])
 
 
+def _bf16_unsupported(device: torch.device) -> str | None:
+    """Why torch cannot run bf16 autocast on ``device`` (None: it can).
+
+    Asks torch itself: autocast must exist for the device type and accept bf16 there
+    (CUDA raises on a GPU without bf16; other backends warn and switch autocast off), so
+    inside the context it must be on and in bf16.
+    """
+    if not torch.amp.is_autocast_available(device.type):
+        return f"torch has no autocast for {device.type!r} devices"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                on = torch.is_autocast_enabled(device.type)
+                dtype = torch.get_autocast_dtype(device.type)
+        except (RuntimeError, ValueError) as err:
+            return str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+    if not on or dtype != torch.bfloat16:
+        said = "; ".join(str(w.message).strip() for w in caught)
+        return f"torch turns bf16 autocast off on {device.type}" + (f" ({said})" if said else "")
+    return None
+
+
+def _bf16_native(device: torch.device) -> bool:
+    """Whether a CPU has bf16 instructions (AVX512-BF16 or AMX); other devices: True.
+
+    Without them CPU autocast emulates bf16: correct, but usually slower than fp32.
+    """
+    if device.type != "cpu":
+        return True
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, c, lambda: False)()) for c in checks)
+
+
+def check_precision(precision: object, device: torch.device | str) -> Precision:
+    """``precision`` checked for training on ``device``; returns it.
+
+    Args:
+        precision: ``"fp32"`` or ``"bf16"``.
+        device: where the model lives (its type selects the autocast backend).
+
+    Raises:
+        InputError: ``precision`` is not one of ``PRECISIONS`` (the message names them), or
+            it is ``"bf16"`` and torch cannot run bf16 autocast on ``device`` (e.g. a GPU
+            without bf16); the message says to use ``"fp32"`` there.
+    """
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, "
+                         f"got {precision!r}")
+    device = torch.device(device)
+    if precision == "bf16":
+        why = _bf16_unsupported(device)
+        if why is not None:
+            raise InputError(f"precision 'bf16' is not supported on {device}: {why}; train "
+                             "with precision 'fp32' there")
+    return "bf16" if precision == "bf16" else "fp32"
+
+
+def step_autocast(
+    precision: Precision, device: torch.device
+) -> contextlib.AbstractContextManager[Any]:
+    """The context each method call of ``fit`` runs in: bf16 autocast on ``device``'s type
+    for ``"bf16"``, a no-op for ``"fp32"``."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def fit(
     model: nn.Module,
     method: Method,
@@ -109,6 +194,7 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     run_config: Any = None,
     same_config: Callable[[Any, Any], bool] | None = None,
+    precision: Precision = "fp32",
 ) -> History:
     """Train ``model`` with ``method`` for ``epochs`` epochs.
 
@@ -141,6 +227,17 @@ def fit(
             accepts the checkpoint's saved config (default ``==``); a checkpoint that
             fails it raises ``RunFolderError`` before anything is loaded. Checkpoints
             written without a config are accepted (the caller checks those).
+        precision: ``"fp32"``, or ``"bf16"``: each method call (inner attack and training
+            forward) runs under bf16 autocast on the model's device type; parameters,
+            gradients, optimizer state and losses stay fp32 (see the module docstring).
+            Saved with every checkpoint; resuming one trained in another precision is
+            refused.
+
+    Raises:
+        InputError: bad ``epochs`` or ``batch_size``, an unknown ``precision``, or
+            ``"bf16"`` on a device where torch cannot run bf16 autocast.
+        RunFolderError: the checkpoint to resume was trained with another config or
+            another precision.
 
     Returns:
         The run's ``History``.
@@ -151,6 +248,10 @@ def fit(
     if batch_size % world:
         raise InputError(f"batch_size {batch_size} must be divisible by the {world} ranks")
     device = next(model.parameters()).device
+    precision = check_precision(precision, device)
+    if precision == "bf16" and not _bf16_native(device):
+        log.warning("%s has no bf16 instructions (AVX512-BF16 or AMX): bf16 autocast is "
+                    "emulated there and likely slower than fp32", device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
@@ -175,8 +276,16 @@ def fit(
                     f"{run_dir} holds a checkpoint ({ck.name}) trained with a different "
                     "config; resume it with the same config, or start over elsewhere"
                 )
-        load_model_state(model, ck)
         saved = load_train_state(ck)
+        # a checkpoint written before the precision was saved was trained in fp32
+        saved_precision = saved.get("precision", "fp32")
+        if saved_precision != precision:
+            raise RunFolderError(
+                f"{run_dir} holds a checkpoint ({ck.name}) trained with precision "
+                f"{saved_precision!r}, not {precision!r}; resume it with precision "
+                f"{saved_precision!r}, or start over elsewhere"
+            )
+        load_model_state(model, ck)
         try:
             optimizer.load_state_dict(saved["optimizer"])
             if scheduler is not None and saved.get("scheduler") is not None:
@@ -223,7 +332,8 @@ def fit(
                 x = x.contiguous(memory_format=torch.channels_last)
             ctx = StepContext(epoch=epoch, step=step, index=idx.to(device), generator=generator,
                               epochs=epochs, state=method_state)
-            out = method(net, x, y, ctx=ctx)
+            with step_autocast(precision, device):
+                out = method(net, x, y, ctx=ctx)
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -279,6 +389,7 @@ def fit(
                     "history": history.to_dicts(),
                     "best": best,
                     "since_best": since_best,
+                    "precision": precision,
                 }
                 save_checkpoint(run_dir, epoch + 1, model, train_state, is_best=is_best,
                                 run_config=run_config)

@@ -10,6 +10,7 @@ from torch import nn
 from bastion.errors import InputError
 from bastion.losses.macer import macer_loss
 from bastion.records import StepContext, StepOutput
+from bastion.train.standard import at_least_fp32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +62,8 @@ class MACER:
         noisy = (x.unsqueeze(1) + self.sigma * noise).flatten(0, 1)  # input-major [B*k, ...]
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             noisy = noisy.contiguous(memory_format=torch.channels_last)
-        logits = model(noisy)
+        # an fp32 loss under bf16 autocast too (Phi^-1 has no bf16 kernel)
+        logits = at_least_fp32(model(noisy))
         terms = macer_loss(
             logits.view(b, k, -1), y, sigma=self.sigma, lam=self.lam, gamma=self.gamma,
             beta=self.beta,

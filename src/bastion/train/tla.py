@@ -20,7 +20,7 @@ from bastion.losses.tla import (
     triplet_loss,
 )
 from bastion.records import StepContext, StepOutput
-from bastion.train.standard import batch_accuracy
+from bastion.train.standard import at_least_fp32, batch_accuracy
 
 _SHOW_NAMES = 60
 
@@ -92,7 +92,8 @@ def _forward_with_embedding(
                          "embedding layer must run exactly once")
     if not isinstance(captured[0], torch.Tensor):
         raise InputError(f"{name} does not produce a tensor (got {type(captured[0]).__name__})")
-    return logits, captured[0]
+    # fp32, so that the losses are computed in fp32 also under bf16 autocast
+    return at_least_fp32(logits), at_least_fp32(captured[0])
 
 
 @dataclass(frozen=True, kw_only=True)
