@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 
 
-.PHONY: demo test install data lint clean
+.PHONY: demo test install data browser lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3.11 -m venv .venv
@@ -11,10 +11,14 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-install: $(STAMP) data
+install: $(STAMP) data browser
 
 data:
 	bash scripts/get_fashion_mnist.sh
+
+# headless Chromium for tests/bench/test_report.py (as root; otherwise that test is skipped)
+browser:
+	bash scripts/get_chromium.sh
 
 demo: install
 	$(PY) -m bastion.cli demo

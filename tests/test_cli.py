@@ -161,18 +161,38 @@ def test_init_from_loads_the_weights_of_another_run(run_dir, tmp_path):
     assert main(["train", str(path), "--out", str(tmp_path / "ft2")]) == 2
 
 
-def test_demo_command_trains_then_evaluates(recipe, tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--recipe", str(recipe), "--out", str(out)]) == 0
+def test_demo_suite_exists_and_parses():
+    from bastion.bench.suite import load_suite
+    from bastion.cli import DEMO_SUITE
+
+    suite, defenses = load_suite(DEMO_SUITE)
+    assert [d.name for d in defenses] == ["standard", "pgd-at", "gaussian-0.25"]
+    assert defenses[1].config.epochs == 2  # the demo budget
+    assert defenses[2].config.method in ("gaussian-noise", "noise-augment")
+    assert suite.protocol.certified is not None
+
+
+def test_demo_and_bench_print_the_leaderboard_and_write_the_report(tmp_path, capsys):
+    from tests.bench.test_harness import write_suite
+
+    suite = write_suite(tmp_path)
+    out = tmp_path / "bench"
+    assert main(["demo", "--suite", str(suite), "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "robust accuracy (pgd-20, linf eps 0.1)" in text and str(out) in text
-    hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
-    assert len(hist) == 2  # the demo budget overrides the recipe's epochs
-    saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["method_options"]["threat"] == {
-        "eps": 0.1, "norm": "linf", "steps": 5, "step_size": None, "random_init": True,
-        "train_mode": False}
-    assert saved["eval"]["threat"]["steps"] == 5 and saved["eval"]["n_test"] == 500
+    assert "| defense |" in text and "| pgd-at |" in text
+    assert f"report: {out / 'report.html'}" in text
+    assert (out / "report.html").is_file() and (out / "leaderboard.md").is_file()
+    html = (out / "report.html").read_text()
+    assert "gauss" in html and "<table" in html
+    # a run folder's own report
+    assert main(["report", str(out / "pgd-at"), "--out", str(tmp_path / "one.html")]) == 0
+    assert (tmp_path / "one.html").is_file()
+    # user errors: no traceback, exit 2
+    assert main(["bench", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert main(["bench", str(suite), "--out", str(out), "--only", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "nope" in err
 
 
 def test_resume_accepts_a_config_saved_before_a_new_default_key(run_dir, recipe, capsys):

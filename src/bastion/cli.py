@@ -1,8 +1,8 @@
-"""Command-line interface: ``bastion train | eval | certify | demo``.
+"""Command-line interface: ``bastion train | eval | certify | bench | report | demo``.
 
 Thin by design: each command parses its options, calls one library function from
-``bastion.runs`` and shows progress and a short table. Everything it writes lives in the
-run folder.
+``bastion.runs`` or ``bastion.bench`` and shows progress and a short table. Everything it
+writes lives in the run folder (or the bench folder).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from bastion.attacks.spec import ATTACKS, AttackSpec
 from bastion.attacks.threat import ThreatModel
 from bastion.certify.config import CertificationWarning, CertifyConfig
 from bastion.config import load_config
-from bastion.data import load_dataset
 from bastion.errors import BastionError, MissingFileError
 from bastion.runs import eval_record_path, evaluate_run, load_config_of, train_from_config
 
@@ -229,25 +228,88 @@ def cmd_certify(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "pgd-at.yaml"
-# the recipe at a demo budget: 2 epochs, PGD-5 inner attack, PGD-5 per-epoch check
-DEMO_OVERRIDES = ["epochs=2", "method_options.threat.steps=5", "eval.threat.steps=5",
-                  "eval.n_test=500"]
+_ROOT = Path(__file__).resolve().parents[2]
+DEMO_SUITE = _ROOT / "benchmarks" / "suites" / "quick.yaml"
+
+
+class _BenchProgress:
+    """The CLI's view of a bench: a line per stage, tqdm bars for training and attacks."""
+
+    def __init__(self) -> None:
+        self.t0: dict[tuple[str, str], float] = {}
+
+    def stage(self, defense: str, stage: str, status: str) -> None:
+        key = (defense, stage)
+        if status == "start":
+            self.t0[key] = time.perf_counter()
+            tqdm.write(f"[{defense}] {stage} ...")
+        elif status == "done":
+            dt = time.perf_counter() - self.t0.pop(key, time.perf_counter())
+            tqdm.write(f"[{defense}] {stage} done ({dt:.0f}s)")
+        else:
+            tqdm.write(f"[{defense}] {stage}: {status} (saved earlier)")
+
+    @staticmethod
+    def bar(desc: str, total: int) -> tuple[Any, Any]:
+        b = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+        return b.update, b.close
+
+    @staticmethod
+    def train(defense: str, epochs: int) -> tuple[Any, Any, Any]:
+        return _train_progress(epochs)
+
+    def hooks(self) -> Any:
+        from bastion.bench.harness import BenchHooks
+
+        return BenchHooks(stage=self.stage, bar=self.bar, train=self.train)
+
+
+def _print_leaderboard(rows: list[dict[str, Any]]) -> None:
+    from bastion.bench.leaderboard import leaderboard_columns, to_markdown
+
+    cols = [c for c in leaderboard_columns(rows)
+            if not c[0].endswith(("minimal_seconds",)) and not c[0].startswith("asr/")]
+    print(to_markdown(rows, cols))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bastion.bench.harness import run_suite
+
+    res = run_suite(args.suite, args.out, only=args.only or None,
+                    hooks=_BenchProgress().hooks())
+    print(f"\nleaderboard ({res.suite.name}, accuracies in %):\n")
+    _print_leaderboard(res.rows)
+    print(f"bench folder: {res.out} (leaderboard.md, leaderboard.csv, leaderboard.json, "
+          "robustbench.json)")
+    if not args.no_report:
+        path = _write_report(res.out, None)
+        print(f"report: {path}")
+    return 0
+
+
+def _write_report(folder: Path | str, out: str | None) -> Path:
+    from bastion.bench.collect import collect
+    from bastion.bench.report import write_report
+
+    title, entries, columns, notes = collect(folder)
+    path = Path(out) if out else Path(folder) / "report.html"
+    return write_report(path, entries, title=title, columns=columns, notes=notes)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise MissingFileError(f"{str(folder)!r} is not a folder; give a bench folder "
+                               "(bastion bench) or a run folder (bastion train)")
+    path = _write_report(folder, args.out)
+    print(f"report: {path}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """PGD-AT small-cnn on Fashion-MNIST, then PGD-20 at eps 0.1 on 1000 test images."""
-    out = Path(args.out)
-    ns = argparse.Namespace(config=str(args.recipe), set=DEMO_OVERRIDES + args.set,
-                            out=str(out), no_resume=False)
-    cmd_train(ns)
-    cfg = load_config_of(out)
-    n_test = len(load_dataset(cfg.dataset, "test", cfg.data_dir))
-    ev = argparse.Namespace(run_dir=str(out), attack="pgd", eps=cfg.eval.threat.eps,
-                            norm=cfg.eval.threat.norm, steps=20, step_size=None, restarts=1,
-                            objective="ce", n=min(1000, n_test), checkpoint="last",
-                            batch_size=250, seed=0)
-    return cmd_eval(ev)
+    """The quick suite (standard, short PGD-AT, short Gaussian smoothing) and its report."""
+    ns = argparse.Namespace(suite=args.suite, out=args.out, only=None, no_report=False)
+    return cmd_bench(ns)
 
 
 def _rate(value: float | None) -> str:
@@ -323,12 +385,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "the flag may repeat)")
     c.set_defaults(func=cmd_certify)
 
-    d = sub.add_parser("demo", help="PGD-AT on Fashion-MNIST, then PGD-20 evaluation",
+    b = sub.add_parser("bench", help="train/load, attack, certify and check every defense of "
+                       "a suite; leaderboard and report", formatter_class=fmt)
+    b.add_argument("suite", help="suite YAML, e.g. benchmarks/suites/quick.yaml")
+    b.add_argument("--out", default=None, help="bench folder (default runs/bench/<suite name>);"
+                   " rerun the same command to resume")
+    b.add_argument("--only", action="extend", nargs="+", default=[], metavar="NAME",
+                   help="run only these defenses (the leaderboard keeps the others' saved rows)")
+    b.add_argument("--no-report", action="store_true", help="do not write report.html")
+    b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", help="self-contained HTML report of a bench or run folder",
                        formatter_class=fmt)
-    d.add_argument("--out", default=str(DEFAULT_RUNS / "demo-pgd-at"), help="run folder")
-    d.add_argument("--recipe", default=str(DEMO_RECIPE), help="recipe to train")
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config overrides")
+    r.add_argument("folder", help="bench folder (bastion bench) or run folder (bastion train)")
+    r.add_argument("--out", default=None, help="HTML file (default FOLDER/report.html)")
+    r.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("demo", help="the quick suite on Fashion-MNIST (standard, PGD-AT, "
+                       "Gaussian smoothing) and its report", formatter_class=fmt)
+    d.add_argument("--suite", default=str(DEMO_SUITE), help="suite to run")
+    d.add_argument("--out", default=str(DEFAULT_RUNS / "bench" / "quick"), help="bench folder")
     d.set_defaults(func=cmd_demo)
     for command in sub.choices.values():  # also after the command: bastion eval RUN --debug
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -103,3 +103,97 @@ def test_certified_accuracy_plot_writes_a_png(tmp_path):
         plot_certified_accuracy({"a": curves["sigma=0.25"],
                                  "b": rows_to_certificate(_fake_rows(2, 1.0), norm="l1")},
                                 tmp_path / "mixed.png")
+
+
+# ------------------------------------------------ robust accuracy curve, adversarial grid
+
+
+def test_robust_accuracy_curve_returns_a_figure_and_writes_a_png(tmp_path):
+    from matplotlib.figure import Figure
+
+    from bastion.bench.plots import plot_robust_accuracy_curve
+
+    curves = {"pgd-at": {0.0: 0.9, 0.05: 0.6, 0.1: 0.3, 0.2: 0.05},
+              "standard": {0.1: 0.0, 0.0: 0.97, 0.05: 0.2}}  # any order of eps
+    fig = plot_robust_accuracy_curve(curves, norm="linf", path=tmp_path / "p" / "curve.png")
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert "pixel units" in ax.get_xlabel() and "%" in ax.get_ylabel()
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"pgd-at", "standard"}
+    assert list(lines["standard"].get_xdata()) == [0.0, 0.05, 0.1]  # sorted by eps
+    assert list(lines["standard"].get_ydata()) == pytest.approx([97.0, 20.0, 0.0])  # percent
+    assert all(line.get_marker() not in (None, "None", "") for line in lines.values())
+    data = (tmp_path / "p" / "curve.png").read_bytes()
+    assert _png_size(data)[0] > 500 and not list((tmp_path / "p").glob(".*tmp"))
+    assert plot_robust_accuracy_curve({"a": {0.0: 1.0}}, norm="l2").axes  # no path: no file
+
+
+def test_robust_accuracy_curve_rejects_bad_input():
+    from bastion.bench.plots import plot_robust_accuracy_curve
+
+    with pytest.raises(ValueError, match="empty"):
+        plot_robust_accuracy_curve({}, norm="linf")
+    with pytest.raises(ValueError, match="non-empty"):
+        plot_robust_accuracy_curve({"a": {}}, norm="linf")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        plot_robust_accuracy_curve({"a": {0.1: 30.0}}, norm="linf")  # percent, not fraction
+    with pytest.raises(ValueError, match="finite"):
+        plot_robust_accuracy_curve({"a": {float("inf"): 0.1}}, norm="linf")
+
+
+def _grid_examples(k: int = 5, channels: int = 1):
+    from bastion.bench.examples import Examples
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(k, channels, 8, 8, generator=g) * 0.8 + 0.1
+    adv = clean + (torch.rand(clean.shape, generator=g) * 2 - 1) * 0.04
+    labels = torch.arange(k) % 3
+    clean_pred = labels.clone()
+    clean_pred[0] = 2  # wrong when clean
+    adv_pred = (labels + 1) % 3
+    adv_pred[1] = labels[1]  # survives the attack
+    return Examples(clean=clean, adversarial=adv, labels=labels, clean_pred=clean_pred,
+                    adv_pred=adv_pred, attack="pgd", norm="linf", eps=0.04,
+                    class_names=["cat", "dog", "bird"])
+
+
+def test_adversarial_grid(tmp_path):
+    from matplotlib.colors import to_hex
+
+    from bastion.bench.plots import _WRONG, plot_adversarial_grid
+
+    ex = _grid_examples()
+    fig = plot_adversarial_grid(ex, tmp_path / "grid.png")
+    assert len(fig.axes) == 3 * len(ex)
+    # row titles: clean, adversarial, perturbation with its amplification factor
+    ylabels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert ylabels[0] == "clean" and ylabels[1].startswith("adversarial")
+    amp = 0.5 / float((ex.adversarial - ex.clean).abs().max())
+    assert f"\u00d7{amp:.3g}" in ylabels[2]
+    # column titles of the first two columns: true / clean / adv, red where wrong
+    heads = [ax for ax in fig.axes if ax.texts]
+    assert len(heads) == len(ex)
+
+    def texts(ax):
+        return [(t.get_text(), to_hex(t.get_color())) for t in ax.texts]
+
+    red = to_hex(_WRONG)
+    first, second = texts(heads[0]), texts(heads[1])
+    assert first[0][0] == "true: cat" and first[0][1] != red
+    assert first[1] == ("clean: bird", red) and first[2] == ("adv: dog", red)
+    assert second[1][1] != red and second[2] == ("adv: dog", to_hex(second[1][1]))
+    assert _png_size((tmp_path / "grid.png").read_bytes())[0] > 600
+    # colour images and a grid without a file work too
+    assert len(plot_adversarial_grid(_grid_examples(3, channels=3)).axes) == 9
+    with pytest.raises(TypeError, match="Examples"):
+        plot_adversarial_grid({"clean": 1})  # type: ignore[arg-type]
+
+
+def test_png_helpers(tmp_path):
+    from bastion.bench.plots import history_figure, png_bytes, save_png
+
+    fig = history_figure(_overfitting_history())
+    data = png_bytes(fig)
+    assert data[:8] == PNG_MAGIC
+    assert save_png(fig, tmp_path / "h.png").read_bytes()[:8] == PNG_MAGIC
