@@ -457,8 +457,9 @@ def build_row(
     """A defense's leaderboard row: a flat JSON dict (see ``bench.leaderboard``).
 
     Accuracies are fractions in [0, 1]; radii in [0, 1] pixel units; times in seconds.
-    Keys: ``robust_acc/<norm>/<eps>/<attack>`` per attack at the leaderboard radius and
-    ``.../worst`` (a point is robust only if every attack failed), ``asr/<norm>/<eps>``
+    Keys: ``robust_acc/<norm>/<eps>/<attack>`` per attack at the leaderboard radius (the
+    minimal attack, e.g. ``FMN``, counts the points it broke within eps) and ``.../worst``
+    (a point is robust only if every attack, the minimal one included, failed), ``asr/<norm>/<eps>``
     (eq. 1, worst case over all points), ``avg_perturbation/<norm>`` (eq. 3 over all
     points) and ``avg_perturbation_successes/<norm>``, ``certified_acc/<norm>/<radius>``
     and ``acr``.
@@ -479,12 +480,18 @@ def build_row(
                               outcomes=tuple(sel))
             row[f"robust_acc/{key}/{a.label}"] = float(part.adv_correct(emp.eps)
                                                        .double().mean())
+        m = minimal.get(emp.norm)
+        if m is not None:
+            # the minimal attack's points within eps break points too (the worst case)
+            row[f"robust_acc/{key}/{m.outcomes[0].attack.upper()}"] = float(
+                m.adv_correct(emp.eps, norm=emp.norm).double().mean())
+            for o in m.outcomes:
+                r = r.with_outcome(o)
         row[f"robust_acc/{key}/worst"] = float(r.adv_correct(emp.eps, norm=emp.norm)
                                                .double().mean())
         row[f"asr/{key}"] = attack_success_rate(r, eps=emp.eps, norm=emp.norm)
-        row[f"curve/{emp.norm}"] = {f"{e:g}": v for e, v in
-                                    r.robust_accuracy_curve(norm=emp.norm).items()}
-        m = minimal.get(emp.norm)
+        row[f"curve/{emp.norm}"] = {f"{e:g}": v for e, v in r.robust_accuracy_curve(
+            norm=emp.norm, radii=[0.0, *emp.radii()]).items()}
         if m is not None:
             row[f"avg_perturbation/{emp.norm}"] = average_perturbation(m)
             s = average_perturbation_of_successes(m)

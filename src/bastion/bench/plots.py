@@ -188,6 +188,9 @@ def history_figure(
                             markeredgecolor="black", zorder=5)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        last = max((len(r) for r in runs.values()), default=1)
+        if last <= 1:  # one epoch: an integer axis around it, not +-0.05 of autoscale
+            ax.set_xlim(0.5, 1.5)
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
         if many:

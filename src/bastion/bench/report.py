@@ -69,7 +69,7 @@ __all__ = ["ReportEntry", "format_cell", "render_report", "write_report"]
 MISSING = "\u2013"
 """What a cell shows for a missing value (an en dash)."""
 
-_ACC_PREFIXES = ("clean", "robust", "certified")
+_ACC_PREFIXES = ("clean", "robust", "certified", "asr", "smoothed_robust", "abstain")
 _NOT_ACC = ("eps", "radius", "sigma", "loss", "seconds", "time", "lr")
 _ROBUST = ("train_robust_acc", "test_robust_acc")
 _CLEAN = ("train_clean_acc", "test_clean_acc")
