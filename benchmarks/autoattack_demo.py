@@ -1,5 +1,6 @@
 """AutoAttack (standard, explicit settings) against PGD-20 on the make-demo model: the first 100
-Fashion-MNIST test images, L-inf eps 0.1 (docs/results.md). Run after `make demo`:
+Fashion-MNIST test images, L-inf eps 0.1 (docs/results.md). Run after `make demo` (its PGD-AT
+model; the numbers in docs/results.md were measured on the earlier demo's runs/demo-pgd-at):
 
     .venv/bin/python benchmarks/autoattack_demo.py
 """
@@ -16,7 +17,7 @@ from bastion.metrics import robust_accuracy
 from bastion.runs import load_model
 
 torch.set_num_threads(2)
-model = load_model("runs/demo-pgd-at")
+model = load_model("runs/bench/quick/pgd-at")
 test = load_dataset("fashion-mnist", "test")
 n = 100
 x, y = test.images[:n], test.labels[:n]
