@@ -215,61 +215,59 @@ def _specs(emp: EmpiricalProtocol, num_classes: int) -> list[Any]:
     return specs
 
 
+def _record_stage(ctx: _Context, stage: str, settings: Any, desc: str, total: int,
+                  compute: Callable[[Callable[[int], None]], EvalResult]) -> EvalResult:
+    """An ``EvalResult`` stage: loaded when saved with the same fingerprint, else computed
+    (``compute(progress)``, with a progress bar of ``total`` points) and saved."""
+    fname = f"{stage}.json"
+    fp = ctx.fingerprint(settings)
+    if ctx.stages.fresh(stage, fp, fname):
+        ctx.hooks.stage(ctx.defense.name, stage, "cached")
+        return load_record(EvalResult, ctx.stages.folder / fname)
+    ctx.hooks.stage(ctx.defense.name, stage, "start")
+    update, close = ctx.hooks.bar(f"{ctx.defense.name}: {desc}", total)
+    t0 = time.perf_counter()
+    try:
+        result = compute(update)
+    finally:
+        close()
+    if _main():
+        save_record(ctx.stages.folder / fname, result)
+    ctx.stages.done(stage, fp, fname, time.perf_counter() - t0)
+    ctx.hooks.stage(ctx.defense.name, stage, "done")
+    return result
+
+
 def _run_attacks(ctx: _Context, emp: EmpiricalProtocol) -> EvalResult:
-    stage, fname = f"attacks-{emp.norm}", f"attacks-{emp.norm}.json"
     p = ctx.protocol
     attacks_only = {k: v for k, v in protocol_dict(emp).items()
                     if k not in ("minimal", "examples")}
-    fp = ctx.fingerprint({"empirical": attacks_only, "n_test": p.n_test,
-                          "seed": p.seed, "batch_size": p.batch_size})
-    if ctx.stages.fresh(stage, fp, fname):
-        ctx.hooks.stage(ctx.defense.name, stage, "cached")
-        return load_record(EvalResult, ctx.stages.folder / fname)
-    ctx.hooks.stage(ctx.defense.name, stage, "start")
     specs = _specs(emp, ctx.num_classes)
-    update, close = ctx.hooks.bar(f"{ctx.defense.name}: {len(specs)} attacks ({emp.norm})",
-                                  len(ctx.x))
-    t0 = time.perf_counter()
-    try:
-        result = evaluate_attacks(ctx.model, ctx.x, ctx.y, specs, batch_size=p.batch_size,
-                                  seed=p.seed, progress=update)
-    finally:
-        close()
-    if _main():
-        save_record(ctx.stages.folder / fname, result)
-    ctx.stages.done(stage, fp, fname, time.perf_counter() - t0)
-    ctx.hooks.stage(ctx.defense.name, stage, "done")
-    return result
+    return _record_stage(
+        ctx, f"attacks-{emp.norm}",
+        {"empirical": attacks_only, "n_test": p.n_test, "seed": p.seed,
+         "batch_size": p.batch_size},
+        f"{len(specs)} attacks ({emp.norm})", len(ctx.x),
+        lambda progress: evaluate_attacks(ctx.model, ctx.x, ctx.y, specs,
+                                          batch_size=p.batch_size, seed=p.seed,
+                                          progress=progress))
 
 
 def _run_minimal(ctx: _Context, emp: EmpiricalProtocol) -> EvalResult | None:
-    if emp.minimal is None:
+    minimal = emp.minimal
+    if minimal is None:
         return None
-    stage, fname = f"minimal-{emp.norm}", f"minimal-{emp.norm}.json"
     p = ctx.protocol
-    fp = ctx.fingerprint({"minimal": protocol_dict(emp.minimal), "norm": emp.norm,
-                          "n_test": p.n_test, "seed": p.seed, "batch_size": p.batch_size})
-    if ctx.stages.fresh(stage, fp, fname):
-        ctx.hooks.stage(ctx.defense.name, stage, "cached")
-        return load_record(EvalResult, ctx.stages.folder / fname)
-    ctx.hooks.stage(ctx.defense.name, stage, "start")
-    update, close = ctx.hooks.bar(f"{ctx.defense.name}: {emp.minimal.attack} ({emp.norm})",
-                                  len(ctx.x))
-    t0 = time.perf_counter()
-    kw: dict[str, Any] = {}
-    if emp.minimal.attack == "bisection":
-        kw["eps_max"] = max(emp.radii())
-    try:
-        result = evaluate_minimal(ctx.model, ctx.x, ctx.y, attack=emp.minimal.attack,
-                                  norm=emp.norm, steps=emp.minimal.steps,
-                                  batch_size=p.batch_size, seed=p.seed, progress=update, **kw)
-    finally:
-        close()
-    if _main():
-        save_record(ctx.stages.folder / fname, result)
-    ctx.stages.done(stage, fp, fname, time.perf_counter() - t0)
-    ctx.hooks.stage(ctx.defense.name, stage, "done")
-    return result
+    kw: dict[str, Any] = {"eps_max": max(emp.radii())} if minimal.attack == "bisection" else {}
+    return _record_stage(
+        ctx, f"minimal-{emp.norm}",
+        {"minimal": protocol_dict(minimal), "norm": emp.norm, "n_test": p.n_test,
+         "seed": p.seed, "batch_size": p.batch_size},
+        f"{minimal.attack} ({emp.norm})", len(ctx.x),
+        lambda progress: evaluate_minimal(ctx.model, ctx.x, ctx.y, attack=minimal.attack,
+                                          norm=emp.norm, steps=minimal.steps,
+                                          batch_size=p.batch_size, seed=p.seed,
+                                          progress=progress, **kw))
 
 
 def _run_examples(ctx: _Context, emp: EmpiricalProtocol) -> Path | None:
@@ -355,25 +353,18 @@ def _run_smoothed_attack(ctx: _Context) -> EvalResult | None:
     radii = [r for r in cp.radii if r > 0]
     if not radii:
         return None
-    stage, fname = "smoothed-attack", "smoothed-attack.json"
-    fp = ctx.fingerprint({"attack": protocol_dict(cp.attack), "radii": radii,
-                          "n_inputs": cp.n_inputs, "alpha": cp.alpha, "noise": noise,
-                          "seed": ctx.protocol.seed})
-    if ctx.stages.fresh(stage, fp, fname):
-        ctx.hooks.stage(ctx.defense.name, stage, "cached")
-        return load_record(EvalResult, ctx.stages.folder / fname)
-    ctx.hooks.stage(ctx.defense.name, stage, "start")
-    t0 = time.perf_counter()
-    smoothed = SmoothedClassifier(ctx.model, from_std(noise[0], noise[1]), ctx.num_classes)
     k = min(cp.n_inputs, len(ctx.x))
-    result = attack_smoothed(smoothed, ctx.x[:k], ctx.y[:k], radii, steps=cp.attack.steps,
-                             samples=cp.attack.samples, n=cp.attack.n, alpha=cp.alpha,
-                             seed=ctx.protocol.seed)
-    if _main():
-        save_record(ctx.stages.folder / fname, result)
-    ctx.stages.done(stage, fp, fname, time.perf_counter() - t0)
-    ctx.hooks.stage(ctx.defense.name, stage, "done")
-    return result
+    smoothed = SmoothedClassifier(ctx.model, from_std(noise[0], noise[1]), ctx.num_classes)
+    attack = cp.attack
+    return _record_stage(
+        ctx, "smoothed-attack",
+        {"attack": protocol_dict(attack), "radii": radii, "n_inputs": cp.n_inputs,
+         "alpha": cp.alpha, "noise": noise, "seed": ctx.protocol.seed},
+        f"SmoothAdv on the smoothed classifier ({len(radii)} radii)", k,
+        lambda _progress: attack_smoothed(smoothed, ctx.x[:k], ctx.y[:k], radii,
+                                          steps=attack.steps, samples=attack.samples,
+                                          n=attack.n, alpha=cp.alpha,
+                                          seed=ctx.protocol.seed))
 
 
 def _cert_norm(noise: str) -> str:
