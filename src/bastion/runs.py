@@ -419,6 +419,12 @@ def load_config_of(run_dir: str | os.PathLike) -> TrainConfig:
         raise type(err)(f"{path}: {err}") from None
 
 
+def read_history(run_dir: str | os.PathLike) -> History | None:
+    """The run's ``history.jsonl`` as a ``History``, or None when the folder has none."""
+    path = Path(run_dir) / "history.jsonl"
+    return History.from_jsonl(path.read_text()) if path.is_file() else None
+
+
 def load_model(
     run_dir: str | os.PathLike, which: Which = "last", device: str | torch.device = "cpu"
 ) -> nn.Module:
@@ -583,6 +589,7 @@ __all__ = [
     "evaluate_run",
     "load_config_of",
     "load_model",
+    "read_history",
     "resolve_device",
     "train_from_config",
     "to_dict",

@@ -16,24 +16,20 @@ from typing import Any
 
 from bastion.bench.leaderboard import leaderboard_columns
 from bastion.bench.report import ReportEntry
+from bastion.bench.suite import certificate_norm, smoothing_noise
 from bastion.certify import read_rows
 from bastion.certify.summary import rows_to_certificate, summarize
 from bastion.checks import CheckFinding
 from bastion.errors import MissingFileError
-from bastion.records import Certificate, EvalResult, History
+from bastion.records import Certificate, EvalResult
 from bastion.records.io import load_record
-from bastion.runs import load_config_of
+from bastion.runs import load_config_of, read_history
 
 log = logging.getLogger(__name__)
 
 
 def is_bench_folder(path: str | Path) -> bool:
     return (Path(path) / "leaderboard.json").is_file()
-
-
-def _history(run_dir: Path) -> History | None:
-    path = run_dir / "history.jsonl"
-    return History.from_jsonl(path.read_text()) if path.is_file() else None
 
 
 def _merge(records: list[EvalResult]) -> EvalResult | None:
@@ -67,10 +63,8 @@ def _bench_entry(bench: Path, row: dict[str, Any]) -> ReportEntry:
     ev = _merge(evals)
     cert: Certificate | None = None
     if (folder / "certify.jsonl").is_file() and row.get("acr") is not None:
-        from bastion.bench.suite import smoothing_noise
-
         noise = smoothing_noise(load_config_of(run_dir)) if run_dir.is_dir() else None
-        norm = "l1" if noise and noise[0] in ("laplace", "uniform") else "l2"
+        norm = certificate_norm(noise[0]) if noise else "l2"
         cert = rows_to_certificate(read_rows(folder / "certify.jsonl"), norm)
     findings: list[CheckFinding] = []
     if (folder / "checks.json").is_file():
@@ -84,7 +78,7 @@ def _bench_entry(bench: Path, row: dict[str, Any]) -> ReportEntry:
         examples = load_examples(shots[0])
     settings = {k: row[k] for k in ("seeds", "versions", "config_hash", "weights_hash",
                                     "protocol_hash", "source") if k in row}
-    return ReportEntry(name=name, row=row, history=_history(run_dir) if run_dir.is_dir()
+    return ReportEntry(name=name, row=row, history=read_history(run_dir) if run_dir.is_dir()
                        else None, evaluation=ev, certificate=cert, findings=findings,
                        examples=examples, settings=_settings(ev, settings))
 
@@ -111,16 +105,14 @@ def _run_entry(run_dir: Path) -> ReportEntry:
     files = [f for f in files if ".rank" not in f.name]
     if files:
         rows = read_rows(files[0])
-        from bastion.bench.suite import smoothing_noise
-
         noise = smoothing_noise(cfg)
-        norm = "l1" if noise and noise[0] in ("laplace", "uniform") else "l2"
+        norm = certificate_norm(noise[0]) if noise else "l2"
         cert = rows_to_certificate(rows, norm)
         s = summarize(rows, norm=norm)
         for r, a in zip(s["radii"], s["certified_accuracy"], strict=True):
             row[f"certified_acc/{norm}/{r:g}"] = a
         row["acr"] = s["acr"]
-    hist = _history(run_dir)
+    hist = read_history(run_dir)
     if hist is not None:
         row["train_seconds"] = sum(float(e.get("train_seconds") or 0.0) for e in hist.epochs)
     return ReportEntry(name=run_dir.name, row=row, history=hist, evaluation=ev,

@@ -55,6 +55,7 @@ from bastion.bench.suite import (
     ResolvedDefense,
     Suite,
     attack_label,
+    certificate_norm,
     config_hash,
     load_suite,
     protocol_dict,
@@ -80,6 +81,7 @@ from bastion.runs import (
     certify_run,
     init_distributed,
     load_model,
+    read_history,
     resolve_device,
     train_from_config,
 )
@@ -308,7 +310,7 @@ def _run_certify(ctx: _Context) -> tuple[Certificate, float] | None:
         from bastion.certify import read_rows
 
         rows = read_rows(path)
-        return rows_to_certificate(rows, _cert_norm(noise[0])), ctx.stages.seconds(stage)
+        return rows_to_certificate(rows, certificate_norm(noise[0])), ctx.stages.seconds(stage)
     old = ctx.stages.manifest.get(stage)
     if path.exists() and isinstance(old, dict) and old.get("fingerprint") != fp:
         # rows of other settings or other weights: start over (an interrupted
@@ -338,13 +340,13 @@ def _run_certify(ctx: _Context) -> tuple[Certificate, float] | None:
         from bastion.certify import read_rows
 
         rows = read_rows(path)
-    return rows_to_certificate(rows, _cert_norm(noise[0])), seconds
+    return rows_to_certificate(rows, certificate_norm(noise[0])), seconds
 
 
 def _run_smoothed_attack(ctx: _Context) -> EvalResult | None:
     cp = ctx.protocol.certified
     noise = smoothing_noise(ctx.defense.config)
-    if cp is None or cp.attack is None or noise is None or _cert_norm(noise[0]) != "l2":
+    if cp is None or cp.attack is None or noise is None or certificate_norm(noise[0]) != "l2":
         return None
     from bastion.certify.smoothed_attack import attack_smoothed
     from bastion.certify.smoothing import SmoothedClassifier
@@ -367,19 +369,6 @@ def _run_smoothed_attack(ctx: _Context) -> EvalResult | None:
                                           seed=ctx.protocol.seed))
 
 
-def _cert_norm(noise: str) -> str:
-    from bastion.noise import from_std
-
-    return from_std(noise, 1.0).norm
-
-
-def _history(run_dir: Path) -> History | None:
-    path = run_dir / "history.jsonl"
-    if not path.is_file():
-        return None
-    return History.from_jsonl(path.read_text())
-
-
 def _run_checks(ctx: _Context, results: Mapping[str, EvalResult],
                 cert: Certificate | None, smoothed: EvalResult | None) -> list[CheckFinding]:
     if not ctx.protocol.checks:
@@ -395,7 +384,7 @@ def _run_checks(ctx: _Context, results: Mapping[str, EvalResult],
         return [CheckFinding.from_dict(f) for f in data["findings"]]
     t0 = time.perf_counter()
     k = min(ctx.protocol.check_points, len(ctx.x))
-    hist = _history(ctx.run_dir)
+    hist = read_history(ctx.run_dir)
     expected = None
     if hist is not None and len(hist) and hist.epochs[-1].get("test_clean_acc") is not None:
         expected = float(hist.epochs[-1]["test_clean_acc"])
@@ -593,7 +582,7 @@ def run_defense(defense: ResolvedDefense, suite: Suite, out: Path,
                "smoothed_attack": ctx.stages.seconds("smoothed-attack")}
     row = build_row(name=defense.name, config=defense.config, protocol=p, results=results,
                     minimal=minimal, cert=cert, smoothed=smoothed, findings=findings,
-                    history=_history(run_dir), timings=timings,
+                    history=read_history(run_dir), timings=timings,
                     base={**base, "protocol": stable_hash(protocol_dict(p))},
                     source=source, run_dir=run_dir, description=defense.entry.description)
     if _main():

@@ -300,6 +300,13 @@ def smoothing_noise(cfg: TrainConfig) -> tuple[str, float] | None:
     return str(opts.get("noise", "gaussian")), float(opts["sigma"])
 
 
+def certificate_norm(noise: str) -> str:
+    """The norm of the radii a smoothing noise certifies (``noise.from_std(...).norm``)."""
+    from bastion.noise import from_std
+
+    return from_std(noise, 1.0).norm
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[str]:
     """``{"a": {"b": 1}}`` -> ``["a.b=1"]`` (values as JSON, which YAML reads back)."""
     out = []
@@ -365,6 +372,7 @@ __all__ = [
     "SMOOTHING_METHODS",
     "Suite",
     "attack_label",
+    "certificate_norm",
     "config_hash",
     "load_suite",
     "protocol_dict",
