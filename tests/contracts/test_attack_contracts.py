@@ -2,6 +2,10 @@
 (``attacks.pgd.pgd`` over every objective of ``attacks.objectives.OBJECTIVES``,
 ``fgsm``) and the minimal-perturbation attacks (``attacks.minimal``).
 
+The named attacks that need a pre-processed model (``bpda-pgd``, ``eot-pgd``) run on the
+fitted model behind a detached quantiser; every attack also runs behind a randomized,
+non-differentiable defense (BPDA and EOT together), where ``success`` cannot be replayed.
+
 Parametrised over the registries at collection time (attack names, ``bastion.types.NORMS``,
 objectives). The guarantees (``attacks/pgd.py``, ``attacks/core.py``, ``attacks/minimal.py``):
 the result lies in the eps-ball of the norm around ``x`` and in [0, 1]; no gradient is left
@@ -21,6 +25,8 @@ from bastion._torch import model_mode
 from bastion.attacks import fgsm, fmn, minimal_eps_by_bisection, pgd
 from bastion.attacks.objectives import OBJECTIVES
 from bastion.attacks.spec import ATTACKS, AttackSpec
+from bastion.errors import InputError
+from bastion.preprocess import Defended, Preprocessor
 from bastion.types import NORMS
 from tests.contracts._tiny import (
     NUM_CLASSES,
@@ -37,6 +43,31 @@ from tests.contracts._tiny import (
 
 TOL = 1e-5
 EPS = {"linf": 0.1, "l2": 0.5, "l1": 1.0}
+NEEDS_DEFENDED = ("bpda-pgd", "eot-pgd")
+
+
+class _Quantise(Preprocessor):
+    """Rounding to 16 levels, detached (no autograd path): non-differentiable."""
+
+    differentiable = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x.detach() * 16) / 16
+
+
+class _NoisyQuantise(_Quantise):
+    """Uniform noise of +-1/32 per pixel, then the quantiser: randomized and
+    non-differentiable (draws from ``generator``, or the global RNG when None)."""
+
+    randomized = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+        return super().forward((x + (u - 0.5) / 16).clamp(0, 1))
 
 
 def _spec(name: str, norm: str, eps: float, **kw) -> AttackSpec:
@@ -80,8 +111,17 @@ def _check_guarantees(what, model, x, x_before, flags, r, eps, norm, y=None, *,
         assert torch.equal(r.success, verdict), f"{what}: success disagrees with the model"
 
 
-@pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("name", sorted(ATTACKS))
+# AutoAttack's rand version always runs 2 x 100 iterations x 20 draws (~5 s here)
+SLOW_NAMED = {("autoattack-rand", "l2")}
+
+
+def _named_cases(norms) -> list:
+    return [pytest.param(name, norm, marks=pytest.mark.slow)
+            if (name, norm) in SLOW_NAMED or (name == "autoattack-rand" and norms != NORMS)
+            else (name, norm) for name in sorted(ATTACKS) for norm in norms]
+
+
+@pytest.mark.parametrize(("name", "norm"), _named_cases(NORMS))
 def test_named_attack(name, norm):
     eps = EPS[norm]
     try:
@@ -91,12 +131,41 @@ def test_named_attack(name, norm):
         assert repr(norm) in msg or norm in msg, f"rejecting {norm!r} without naming it: {msg}"
         pytest.skip(f"{name} rejects norm {norm!r} up front: {msg}")
     model = fitted_model()
+    if name in NEEDS_DEFENDED:
+        model = Defended(_Quantise(), model)
     flags = mode_flags(model)
     x, y = _batch()
     x_before = x.clone()
     r = spec.run(model, x, y, generator=torch.Generator().manual_seed(0))
     _check_guarantees(f"{name}/{norm}", model, x, x_before, flags, r, eps, norm, y)
     assert r.num_steps.dtype == torch.int64 and r.num_steps.shape == (x.shape[0],)
+
+
+@pytest.mark.parametrize(("name", "norm"), _named_cases(("linf", "l2")))
+def test_named_attack_behind_a_randomized_non_differentiable_defense(name, norm):
+    """Ball, box, modes, gradients and the batch hold whatever the defense draws (the
+    verdict is a draw, so it is not replayed). PGD and APGD get 3 steps."""
+    if name == "autoattack":
+        pytest.skip("the standard ensemble's FAB and Square add nothing here (slow)")
+    eps = EPS[norm]
+    kw = {"eot_samples": 2} if name == "eot-pgd" else {}
+    spec = AttackSpec(name=name, threat={"eps": eps, "norm": norm, "steps": 3},
+                      num_classes=NUM_CLASSES, **kw)
+    model = Defended(_NoisyQuantise(), fitted_model())
+    flags = mode_flags(model)
+    x, y = _batch()
+    x_before = x.clone()
+    r = spec.run(model, x, y, generator=torch.Generator().manual_seed(0))
+    _check_guarantees(f"{name}/{norm}/random", model, x, x_before, flags, r, eps, norm)
+    assert model.preprocessor.generator is None, "the defense's generator was not restored"
+
+
+@pytest.mark.parametrize("name", NEEDS_DEFENDED)
+def test_defense_attacks_name_what_they_need_on_a_plain_model(name):
+    spec = _spec(name, "linf", 0.1, num_classes=NUM_CLASSES)
+    x, y = _batch()
+    with pytest.raises(InputError, match=rf"{name}.*bastion.preprocess.Defended"):
+        spec.run(fitted_model(), x, y)
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Friendly adversarial training: early stop, dynamic tau, the minimal variant, contracts."""
+"""Friendly adversarial training: early stop, dynamic tau, the minimal (FMN) and DDN
+variants, contracts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from bastion.attacks import fmn, perturbation_norm, pgd
+from bastion.attacks.ddn import ddn_within
 from bastion.attacks.threat import ThreatModel
 from bastion.data import load_dataset
 from bastion.models import build
@@ -148,3 +150,53 @@ def test_fat_trains_through_fit_and_logs_steps():
     x, y = data.images[:64], data.labels[:64]
     r = pgd(model, x, y, eps=0.1, steps=4, early_stop=True, tau=1)
     assert (perturbation_norm(r.x_adv - x, "linf") <= 0.1 + 1e-6).all()
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+def test_ddn_option_loss_finite_grads_and_examples_within_eps():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                          nn.Dropout(0.3), nn.Linear(32, 10))
+    model.train()
+    x, y = _batch(16)
+    x = x.clone().requires_grad_(True)
+    eps = 0.5
+    method = FAT(threat=ThreatModel(eps=eps, norm="l2", steps=10), attack="ddn")
+    out = method(model, x, y, ctx=_ctx())
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert "tau" not in out.logs and float(out.logs["num_steps"]) == 10
+    assert 0 < float(out.logs["adv_norm"]) <= eps + 1e-5
+    assert all(not torch.is_tensor(v) or not v.requires_grad for v in out.logs.values())
+    assert all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert x.grad is None
+
+
+def test_ddn_option_trains_on_ddn_minimal_examples_capped_at_eps():
+    model = _mlp(hidden=(), classes=10).eval()
+    x, _ = _batch(16)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # all clean-correct
+    eps = 0.3
+    threat = ThreatModel(eps=eps, norm="l2", steps=20)
+    out = FAT(threat=threat, attack="ddn")(model, x, y, ctx=_ctx(seed=3))
+    x_adv, fooled = ddn_within(model, x, y, eps=eps, steps=20,
+                               generator=torch.Generator().manual_seed(3))
+    size = perturbation_norm(x_adv - x, "l2")
+    assert float(out.logs["adv_norm"]) == pytest.approx(float(size.mean()), abs=1e-6)
+    assert (size <= eps + 1e-5).all() and float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    with torch.no_grad():
+        wrong = model(x_adv).argmax(1) != y
+        assert float(out.logs["adv_acc"]) == pytest.approx(1 - float(wrong.double().mean()))
+    # below the cap: DDN's minimal example, which barely fools; else on the eps-sphere
+    assert (wrong & (size < eps - 1e-3)).any() and fooled.any()
+    assert (size[~wrong] > eps - 1e-4).all()
+
+
+def test_ddn_option_needs_an_l2_threat_and_builds_from_config():
+    with pytest.raises(ValueError, match="valid norms for 'ddn': l2"):
+        FAT(attack="ddn")  # the default threat is linf
+    m = build_method("fat", attack="ddn", threat={"eps": 0.5, "norm": "l2", "steps": 5})
+    assert m.attack == "ddn" and m.threat.norm == "l2"

@@ -1,4 +1,5 @@
-"""AutoAttack in its standard configuration, composed from torchattacks' components.
+"""AutoAttack in its standard and its randomized-defense configurations, composed from
+torchattacks' components.
 
 Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
 diverse parameter-free attacks", arXiv 2003.01690. bastion does not re-implement APGD,
@@ -30,6 +31,14 @@ fewer than 10 classes the targeted parts use all K - 1 other classes (the offici
 warns and fails then). Every setting is recorded by ``AttackSpec.to_dict``, so it lands in
 each ``EvalResult``. The output goes through bastion's guarantees: ball and box checked,
 model mode restored, no gradient left, ``AttackResult`` record.
+
+The ``"rand"`` version is the one the AutoAttack authors run against randomized defenses
+(``set_version("rand")`` of the official code, ``rand_settings``): APGD-CE and APGD-DLR
+(untargeted), each with 100 iterations, 1 restart and EOT over 20 draws (``eot_iter``:
+every step follows the mean gradient of 20 forward-backward passes; Athalye, Engstrom,
+Ilyas and Kwok 2018, arXiv 1707.07397), with the same per-point hand-over. Its verdicts
+come from one forward pass, as in the official code; ``AttackSpec.draws`` re-judges the
+points it leaves robust over fresh draws (``eot.judge_over_draws``).
 """
 
 from __future__ import annotations
@@ -44,13 +53,17 @@ from bastion.attacks.core import AttackResult, as_radius, clip_to_ball_and_box
 from bastion.errors import InputError
 from bastion.types import Norm
 
-AutoAttackVersion = Literal["standard", "apgd-ce", "apgd-t"]
+AutoAttackVersion = Literal["standard", "rand", "apgd-ce", "apgd-t"]
+AUTOATTACK_VERSIONS: tuple[str, ...] = ("standard", "rand", "apgd-ce", "apgd-t")
 
 STANDARD_ITERATIONS = 100
 """Iterations of APGD-CE, APGD-T and FAB-T in the standard ensemble."""
 
 OFFICIAL_TARGET_CLASSES = 9
 """Target classes of APGD-T and FAB-T in the standard ensemble (10-class datasets)."""
+
+RAND_EOT_ITERATIONS = 20
+"""EOT draws per APGD step in the ``"rand"`` version (official ``apgd.eot_iter = 20``)."""
 
 
 def standard_settings(num_classes: int) -> list[dict[str, Any]]:
@@ -78,6 +91,29 @@ def standard_settings(num_classes: int) -> list[dict[str, Any]]:
     ]
 
 
+def rand_settings(num_classes: int) -> list[dict[str, Any]]:
+    """Every parameter of AutoAttack's version for randomized defenses, in run order.
+
+    The official ``set_version("rand")``: APGD-CE then APGD-DLR (untargeted), 100
+    iterations, 1 restart, rho 0.75, EOT over ``RAND_EOT_ITERATIONS`` = 20 draws per step.
+
+    Args:
+        num_classes: K >= 3 (the DLR loss uses the three largest logits).
+
+    Returns:
+        One dict per component (``"attack"`` names it), JSON-safe.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 3:
+        raise InputError(f"AutoAttack's rand version needs num_classes an int >= 3 (the DLR "
+                         f"loss uses the three largest logits), got {num_classes!r}")
+    return [
+        {"attack": "apgd-ce", "steps": STANDARD_ITERATIONS, "n_restarts": 1, "loss": "ce",
+         "eot_iter": RAND_EOT_ITERATIONS, "rho": 0.75},
+        {"attack": "apgd-dlr", "steps": STANDARD_ITERATIONS, "n_restarts": 1, "loss": "dlr",
+         "eot_iter": RAND_EOT_ITERATIONS, "rho": 0.75},
+    ]
+
+
 def _component(net: nn.Module, s: dict[str, Any], *, eps: float, norm: str, seed: int,
                num_classes: int) -> Any:
     """The torchattacks attack for one entry of ``standard_settings``."""
@@ -85,7 +121,7 @@ def _component(net: nn.Module, s: dict[str, Any], *, eps: float, norm: str, seed
 
     common = {"norm": norm, "eps": eps, "seed": seed}
     name = s["attack"]
-    if name == "apgd-ce":
+    if name in ("apgd-ce", "apgd-dlr"):
         return torchattacks.APGD(net, steps=s["steps"], n_restarts=s["n_restarts"],
                                  loss=s["loss"], eot_iter=s["eot_iter"], rho=s["rho"], **common)
     if name == "apgd-t":
@@ -119,17 +155,22 @@ def autoattack(
     steps: int = STANDARD_ITERATIONS,
     seed: int = 0,
 ) -> AttackResult:
-    """Run the standard AutoAttack ensemble, or only its APGD-CE or APGD-T part.
+    """Run the standard AutoAttack ensemble, its randomized-defense version, or only its
+    APGD-CE or APGD-T part.
 
     Args:
         model: classifier on [0, 1] inputs returning logits [N, K].
         x: images [N, C, H, W] in [0, 1]; y: int64 labels [N].
         eps: radius in [0, 1] pixel units; norm: ``"linf"`` or ``"l2"``.
         version: ``"standard"`` (the four attacks of ``standard_settings`` with the
-            per-point hand-over), or ``"apgd-ce"`` / ``"apgd-t"`` alone with ``steps``
-            iterations and the standard's other settings.
-        num_classes: K (>= 4: the targeted DLR loss uses the four largest logits).
-        steps: APGD iterations of the ``"apgd-*"`` versions (the ensemble uses 100).
+            per-point hand-over), ``"rand"`` (APGD-CE and APGD-DLR with EOT over 20
+            draws, ``rand_settings``, the same hand-over), or ``"apgd-ce"`` / ``"apgd-t"``
+            alone with ``steps`` iterations and the standard's other settings. A
+            non-differentiable defense goes through ``eot.BPDA`` before it gets here
+            (``AttackSpec.run``).
+        num_classes: K (>= 4 for the targeted DLR loss, which uses the four largest logits;
+            >= 3 for ``"rand"``).
+        steps: APGD iterations of the ``"apgd-*"`` versions (the ensembles use 100).
         seed: the components' seed (the same for each, as in the official code).
 
     Returns:
@@ -138,17 +179,19 @@ def autoattack(
     """
     if norm not in ("linf", "l2"):
         raise InputError(f"AutoAttack supports norms 'linf' and 'l2', got {norm!r}")
-    if version != "apgd-ce" and num_classes < 4:
+    if version not in AUTOATTACK_VERSIONS:
+        raise InputError(f"unknown AutoAttack version {version!r}; valid: "
+                         f"{', '.join(AUTOATTACK_VERSIONS)}")
+    if version in ("standard", "apgd-t") and num_classes < 4:
         raise InputError(f"{version} needs at least 4 classes (the targeted DLR loss uses the "
                          f"four largest logits), got num_classes={num_classes}")
-    settings = standard_settings(num_classes)
-    if version == "standard":
-        plan = settings
-    elif version in ("apgd-ce", "apgd-t"):
-        plan = [{**next(s for s in settings if s["attack"] == version), "steps": steps}]
+    if version == "rand":
+        plan = rand_settings(num_classes)
+    elif version == "standard":
+        plan = standard_settings(num_classes)
     else:
-        raise InputError(f"unknown AutoAttack version {version!r}; valid: standard, "
-                         "apgd-ce, apgd-t")
+        settings = standard_settings(num_classes)
+        plan = [{**next(s for s in settings if s["attack"] == version), "steps": steps}]
     ta_norm = {"linf": "Linf", "l2": "L2"}[norm]
     net = unwrap(model)
     radius = as_radius(eps, x)

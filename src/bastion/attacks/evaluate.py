@@ -25,6 +25,7 @@ from torch import nn
 from bastion._torch import model_mode, unwrap
 from bastion._validate import check_choice, check_images, check_int, check_labels
 from bastion.attacks.core import perturbation_norm
+from bastion.attacks.ddn import DDN_NORMS, ddn
 from bastion.attacks.minimal import MinimalResult, fmn, minimal_eps_by_bisection
 from bastion.attacks.pgd import ATTACK_NORMS
 from bastion.attacks.sharding import batch_seed, map_batches, process_share
@@ -35,8 +36,8 @@ from bastion.records import AttackOutcome, EvalResult
 log = logging.getLogger(__name__)
 
 
-MinimalAttack = Literal["fmn", "bisection"]
-MINIMAL_ATTACKS: tuple[str, ...] = ("fmn", "bisection")
+MinimalAttack = Literal["fmn", "ddn", "bisection"]
+MINIMAL_ATTACKS: tuple[str, ...] = ("fmn", "ddn", "bisection")
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -171,7 +172,20 @@ def evaluate_attacks(
     global RNG seeded with it too (for torchattacks' components, which draw from it; the
     caller's global RNG state is restored afterwards). So an attack's outcome is the same
     whether it runs alone or beside others, and a batch's outcome does not depend on the
-    batches evaluated before it; it does depend on ``batch_size``.
+    batches evaluated before it; it does depend on ``batch_size``. The clean pass and the
+    judging passes of a randomized defense are seeded per batch likewise.
+
+    Judging over draws (``AttackSpec.draws`` = d > 1, for randomized defenses): each
+    attacked point's returned point is classified by d forward passes (the first gives
+    the one-pass prediction) and counts as robust only if all d are correct; the outcome
+    records the per-point count of correct passes (``AttackOutcome.correct_draws``) and
+    ``adv_pred`` is the first wrong pass's prediction where there is one
+    (``eot.judge_over_draws``). Clean accuracy stays the one pass ``clean_pred``; with any
+    attack's d > 1 the record also counts correct passes on the clean points over the
+    largest d (``EvalResult.clean_correct_draws``, the clean pass first).
+    ``EvalResult.draw_spread`` summarises the counts. An outcome's ``params`` name its
+    settings (``AttackSpec.settings_for``: for a ``Defended`` model also whether it went
+    through BPDA).
 
     Under an initialised ``torch.distributed`` process group with several ranks (and
     ``distributed`` not False), every rank must call this with the same arguments: rank
@@ -213,32 +227,47 @@ def evaluate_attacks(
     model = unwrap(model)  # no DDP hooks: the ranks run different numbers of batches
     device = next(model.parameters()).device
     batches = _Batches(model, images, labels, _index(index, len(images)), batch_size, device)
-    params = [{**a.to_dict(), "seed": seed} for a in attacks]
+    params = [{**a.settings_for(model), "seed": seed} for a in attacks]
+    from bastion.attacks.eot import judge_over_draws  # (local: one edit of this function)
+
+    clean_draws = max(a.draws for a in attacks)
 
     def attack_batch(b: int) -> EvalResult:
-        x, y, cp = batches.clean(b)
-        ok = cp == y
         s = batch_seed(seed, b)
+        with _seeded_global_rng(device, s):  # a randomized defense's clean passes
+            x, y, cp = batches.clean(b)
+            clean_counts = (judge_over_draws(model, x, y, clean_draws, first=cp)[1]
+                            if clean_draws > 1 else None)
+        ok = cp == y
         outcomes = []
         for a, p in zip(attacks, params, strict=True):
             t0 = time.perf_counter()
             ap = cp.clone()
             pn = torch.zeros(len(x), device=device)
+            counts = torch.zeros(len(x), dtype=torch.int64, device=device)
             if ok.any():
                 gen = torch.Generator(device=device).manual_seed(s)
                 with _seeded_global_rng(device, s):
                     r = a.run(model, x[ok], y[ok], generator=gen)
-                with torch.no_grad():
-                    ap[ok] = model(r.x_adv).argmax(1)
+                    with torch.no_grad():
+                        first = model(r.x_adv).argmax(1)
+                    ap[ok], counts[ok] = judge_over_draws(model, r.x_adv, y[ok], a.draws,
+                                                          first=first)
                 pn[ok] = perturbation_norm(r.x_adv - x[ok], a.norm)
             outcomes.append(AttackOutcome(
                 attack=a.name, norm=a.norm, eps=float(a.eps),
                 adv_pred=ap.cpu(), perturbation=pn.float().cpu(), params=p,
-                seconds=time.perf_counter() - t0,
+                seconds=time.perf_counter() - t0, draws=a.draws,
+                correct_draws=counts.cpu() if a.draws > 1 else None,
             ))
         if progress is not None:
             progress(len(x))
-        return batches.record(b, cp, outcomes)
+        rec = batches.record(b, cp, outcomes)
+        if clean_counts is None:
+            return rec
+        return EvalResult(index=rec.index, labels=rec.labels, clean_pred=rec.clean_pred,
+                          outcomes=rec.outcomes, params=rec.params, clean_draws=clean_draws,
+                          clean_correct_draws=clean_counts.cpu())
 
     result = _evaluate_sharded(batches, attack_batch, distributed=distributed,
                                signature=(len(images), batch_size, seed, int(labels.sum()),
@@ -288,8 +317,10 @@ def evaluate_minimal(
     """Run a minimal-perturbation attack on every clean-correct point; one record.
 
     ``attack="fmn"``: the Fast Minimum-Norm attack (Pintor et al. 2021, arXiv 2102.12827,
-    ``attacks.minimal.fmn``). ``attack="bisection"``: PGD at a per-example radius found by
-    bisection on ``[0, eps_max]`` (``attacks.minimal.minimal_eps_by_bisection``).
+    ``attacks.minimal.fmn``). ``attack="ddn"`` (L2 only): Decoupled Direction and Norm
+    (Rony et al. 2019, arXiv 1811.09600, ``attacks.ddn.ddn``). ``attack="bisection"``: PGD
+    at a per-example radius found by bisection on ``[0, eps_max]``
+    (``attacks.minimal.minimal_eps_by_bisection``).
 
     The record's one ``AttackOutcome`` has ``eps = math.inf``; per point, ``perturbation``
     is the norm (pixel units of ``norm``) of the smallest adversarial example found where
@@ -315,17 +346,19 @@ def evaluate_minimal(
         model: classifier on [0, 1] inputs.
         images: [N, C, H, W] in [0, 1] (N >= 1).
         labels: int64 [N].
-        attack: ``"fmn"`` or ``"bisection"``.
-        norm: ``"linf"`` or ``"l2"``.
-        steps: FMN iterations, or PGD steps per bisection run.
+        attack: ``"fmn"``, ``"ddn"`` or ``"bisection"``.
+        norm: ``"linf"`` or ``"l2"`` (``"ddn"``: ``"l2"`` only).
+        steps: FMN or DDN iterations, or PGD steps per bisection run.
         batch_size: images per attack batch.
         eps_max: the largest radius the bisection searches (pixel units); required for
-            ``"bisection"``, not accepted for ``"fmn"``.
+            ``"bisection"``, not accepted for ``"fmn"`` or ``"ddn"``.
         search_steps: bisection rounds (``"bisection"`` only).
-        options: further keyword arguments of ``fmn`` (``alpha_init``, ``gamma_init``, ...)
-            or ``minimal_eps_by_bisection`` (``restarts``, ``step_size_ratio``, ...);
+        options: further keyword arguments of ``fmn`` (``alpha_init``, ``gamma_init``, ...),
+            ``ddn`` (``init_norm``, ``gamma``, ``levels``, ...) or
+            ``minimal_eps_by_bisection`` (``restarts``, ``step_size_ratio``, ...);
             recorded in the outcome's ``params``.
-        seed: seed of the bisection's PGD random starts (FMN is deterministic).
+        seed: seed of the bisection's PGD random starts and of DDN's generator (used only
+            where a gradient vanishes); FMN is deterministic.
         index: dataset positions of the points (default 0..N-1).
         progress: called with the number of images finished after every batch (this
             rank's batches only).
@@ -353,13 +386,19 @@ def evaluate_minimal(
     _check_common(model, batch_size, seed, index, len(images), progress)
     if attack == "bisection" and eps_max is None:
         raise InputError("attack='bisection' needs eps_max, the largest radius it searches")
-    if attack == "fmn" and eps_max is not None:
-        raise InputError("eps_max applies to attack='bisection' only; FMN searches unbounded")
+    if attack != "bisection" and eps_max is not None:
+        raise InputError(f"eps_max applies to attack='bisection' only; {attack.upper()} "
+                         "searches unbounded")
+    if attack == "ddn" and norm not in DDN_NORMS:
+        raise InputError(f"attack='ddn' is an L2 attack, got norm {norm!r}; valid norms for "
+                         f"ddn: {', '.join(DDN_NORMS)} (use attack='fmn' for linf)")
     opts = dict(options or {})
-    reserved = {"norm", "steps", "eps_max", "search_steps", "generator", "train_mode"} & set(opts)
+    reserved = {"norm", "steps", "eps_max", "search_steps", "generator", "train_mode",
+                "targeted"} & set(opts)
     if reserved:
         raise InputError(f"options may not set {sorted(reserved)}; they are arguments of "
-                         "evaluate_minimal (the attack always runs in eval mode)")
+                         "evaluate_minimal (the attack is untargeted and always runs in "
+                         "eval mode)")
     model = unwrap(model)  # no DDP hooks: the ranks run different numbers of batches
     device = next(model.parameters()).device
     params: dict[str, Any] = {"attack": attack, "norm": norm, "steps": steps, **opts,
@@ -373,6 +412,8 @@ def evaluate_minimal(
             return fmn(model, x, y, norm=norm, steps=steps,  # type: ignore[arg-type]
                        train_mode=False, **opts)
         gen = torch.Generator(device=device).manual_seed(s)
+        if attack == "ddn":
+            return ddn(model, x, y, steps=steps, train_mode=False, generator=gen, **opts)
         return minimal_eps_by_bisection(
             model, x, y, norm=norm, eps_max=float(eps_max),  # type: ignore[arg-type]
             steps=steps, search_steps=search_steps, train_mode=False, generator=gen, **opts,

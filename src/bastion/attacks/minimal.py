@@ -18,6 +18,9 @@ trains on):
   bisection. Slower (``(1 + search_steps) * steps`` gradient steps per example) but simple
   and easy to trust: every reported radius is one at which PGD found an adversarial example.
 
+A third, L2 only, lives in ``attacks.ddn``: DDN (Rony et al. 2019, arXiv 1811.09600),
+which returns the same ``MinimalResult``.
+
 Both reuse the geometry of ``core.py`` (gradient normalisation, projection, norms); none is
 written here. Both return a ``MinimalResult``; a point for which no adversarial example is
 found comes back as ``x`` itself with ``success=False`` and norm 0 (no inf or NaN), and a
@@ -63,8 +66,8 @@ class MinimalResult:
             ``x`` itself where none was found.
         norm: float [N], ``||x_adv - x||`` in the attack's norm, pixel units (0 where
             ``success`` is False, and 0 for points misclassified when clean).
-        success: bool [N], the model misclassifies ``x_adv`` (checked at the end, in the
-            attack's model mode).
+        success: bool [N], the model misclassifies ``x_adv`` (predicts the target, for a
+            targeted attack; checked at the end, in the attack's model mode).
     """
 
     x_adv: torch.Tensor
@@ -81,11 +84,17 @@ def _check(x: torch.Tensor, y: torch.Tensor, norm: str, steps: int) -> None:
 
 
 def _finish(
-    net: nn.Module, x: torch.Tensor, y: torch.Tensor, best: torch.Tensor, norm: Norm
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, best: torch.Tensor, norm: Norm,
+    *, targeted: bool = False,
 ) -> MinimalResult:
-    """Re-check the returned points, fall back to ``x`` where they are not adversarial."""
+    """Re-check the returned points, fall back to ``x`` where they are not adversarial.
+
+    Adversarial means ``argmax != y``, or ``argmax == y`` (``y`` the targets) when
+    ``targeted`` (DDN's targeted variant, ``attacks.ddn``).
+    """
     with torch.no_grad():
-        success = net(best).argmax(1) != y
+        pred = net(best).argmax(1)
+        success = pred == y if targeted else pred != y
     x_adv = torch.where(success.view(-1, *([1] * (x.dim() - 1))), best, x).detach()
     zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     dist = torch.where(success, perturbation_norm(x_adv - x, norm), zero)

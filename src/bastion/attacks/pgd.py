@@ -6,7 +6,10 @@ projection (``core.py``); the objective is a parameter (a name or a per-example 
 ``objectives.py``), so TRADES' inner maximisation is this engine with ``objective="kl"``,
 FGSM is its one-step case and Friendly AT's early-stopped PGD-K-tau (Zhang et al. 2020,
 "Attacks Which Do Not Kill Training Make Adversarial Learning Stronger", arXiv 2002.11242)
-is the ``early_stop`` flag.
+is the ``early_stop`` flag. Against a randomized defense, EOT (Athalye, Engstrom, Ilyas and
+Kwok 2018, "Synthesizing Robust Adversarial Examples", arXiv 1707.07397) is the
+``eot_samples`` option: each step follows the mean of k draws' gradients (``eot.py``); BPDA
+is a model wrapper (``eot.BPDA``), not an engine option.
 
 Guarantees, whatever the model does: the returned images lie in the eps-ball of the norm
 around ``x`` and in [0, 1]; no gradient is left on the model's parameters; the train/eval
@@ -17,6 +20,8 @@ Training methods and evaluation attacks reach this engine through one threat-mod
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -30,6 +35,7 @@ from bastion.attacks.core import (
     normalize_gradient,
     random_start,
 )
+from bastion.attacks.eot import defense_draws_from, expected_objective
 from bastion.attacks.objectives import ObjectiveLike, per_example_objective, resolve_objective
 from bastion.errors import InputError, InputTypeError
 from bastion.types import Norm
@@ -69,6 +75,7 @@ def pgd(
     train_mode: bool | None = False,
     init_std: float | None = None,
     generator: torch.Generator | None = None,
+    eot_samples: int = 1,
 ) -> AttackResult:
     """Maximise ``objective`` over the ``norm`` ball of radius ``eps`` around ``x`` by PGD.
 
@@ -99,7 +106,14 @@ def pgd(
             train; None: as it is). The previous mode is always restored.
         init_std: if given, the random start is Gaussian with this std (TRADES uses 0.001)
             instead of uniform in the ball.
-        generator: source of the random start.
+        generator: source of the random start, and of the defense's draws where the model
+            is a randomized ``Defended`` whose defense exposes a ``generator`` attribute
+            (``eot.defense_draws_from``; else it draws from torch's global RNG).
+        eot_samples: k >= 1 draws of a randomized model per step (EOT; Athalye, Engstrom,
+            Ilyas and Kwok 2018, arXiv 1707.07397): the step follows the mean of the k
+            draws' gradients of the objective (``eot.expected_objective``), a verdict
+            (``keep_best``, ``early_stop``, ``success``) is "fooled on a strict majority of
+            the k draws", and restarts compare the mean objective. 1: the plain step.
 
     Shape:
         x [N, C, H, W]; target [N] or [N, K]; result.x_adv [N, C, H, W].
@@ -134,6 +148,7 @@ def pgd(
     check_int(steps, "steps", low=1)
     check_int(restarts, "restarts", low=1)
     check_int(tau, "tau", low=0)
+    check_int(eot_samples, "eot_samples", low=1)
     if objective == "kl":
         if target.dim() != 2 or target.shape[0] != x.shape[0]:
             raise InputError("the 'kl' objective takes clean probabilities of shape [N, K]")
@@ -163,17 +178,29 @@ def pgd(
     x = x.detach()
 
     def fooled(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        pred = logits.argmax(dim=1)
-        return pred == labels[idx] if targeted else pred != labels[idx]
+        """bool [n]: fooled on a strict majority of the draws (logits [k, n, K])."""
+        pred = logits.argmax(dim=2)
+        hit = pred == labels[idx] if targeted else pred != labels[idx]
+        return 2 * hit.sum(0) > hit.shape[0]
 
     label_range = (int(labels.min()), int(labels.max())) if target.dtype == torch.int64 else None
+
+    def objective_of(idx: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The signed per-example objective of the examples ``idx`` (logits [n, K] -> [n])."""
+        def signed(logits: torch.Tensor) -> torch.Tensor:
+            nonlocal label_range
+            if label_range is not None:  # once, on the first step's logits
+                _check_label_range(label_range, logits.shape[1])
+                label_range = None
+            return sign * per_example_objective(fn, logits, target[idx])
+        return signed
 
     best_adv = x.clone()
     best_success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
     total_steps = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
 
-    with model_mode(net, train_mode), torch.enable_grad():
+    with model_mode(net, train_mode), torch.enable_grad(), defense_draws_from(net, generator):
         for _ in range(restarts):
             if not random_init:
                 x_adv = x.clone()
@@ -192,16 +219,13 @@ def pgd(
                 idx = active.nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
-                xa = x_adv[idx].requires_grad_(True)
-                logits = net(xa)
-                if label_range is not None:  # once, on the first step's logits
-                    _check_label_range(label_range, logits.shape[1])
-                    label_range = None
-                loss = per_example_objective(fn, logits, target[idx])
-                (grad,) = torch.autograd.grad(sign * loss.sum(), xa)
-                is_fooled = fooled(logits.detach(), idx)
+                xa = x_adv[idx]
+                ev = expected_objective(net, xa, objective_of(idx), samples=eot_samples)
+                grad = ev.grad
+                assert grad is not None
+                is_fooled = fooled(ev.logits, idx)
                 if keep_best:
-                    hit_adv[idx[is_fooled]] = xa.detach()[is_fooled]
+                    hit_adv[idx[is_fooled]] = xa[is_fooled]
                     hit[idx[is_fooled]] = True
                 move = torch.ones_like(is_fooled)
                 if early_stop:
@@ -213,17 +237,18 @@ def pgd(
                 mi = idx[move]
                 r = radius if radius.shape[0] == 1 else radius[mi]
                 a = alpha if alpha.shape[0] == 1 else alpha[mi]
-                stepped = xa.detach()[move] + a * normalize_gradient(grad[move], norm)
+                stepped = xa[move] + a * normalize_gradient(grad[move], norm)
                 x_adv[mi] = clip_to_ball_and_box(x[mi], stepped, r, norm)
                 total_steps[mi] += 1
-            with torch.no_grad():
-                logits = net(x_adv)
-                final_fooled = fooled(logits, torch.arange(x.shape[0], device=x.device))
-                if keep_best:
-                    use_hit = hit & ~final_fooled
-                    x_adv = torch.where(use_hit.view(-1, 1, 1, 1), hit_adv, x_adv)
-                    final_fooled = final_fooled | hit
-                loss = sign * per_example_objective(fn, logits, target)
+            every = torch.arange(x.shape[0], device=x.device)
+            ev = expected_objective(net, x_adv, objective_of(every), samples=eot_samples,
+                                    grad=False)
+            final_fooled = fooled(ev.logits, every)
+            if keep_best:
+                use_hit = hit & ~final_fooled
+                x_adv = torch.where(use_hit.view(-1, 1, 1, 1), hit_adv, x_adv)
+                final_fooled = final_fooled | hit
+            loss = ev.loss
             same = final_fooled == best_success
             better = (final_fooled & ~best_success) | (same & (loss > best_loss))
             best_adv[better] = x_adv[better]

@@ -8,6 +8,13 @@ a point counts as broken at radius ``eps`` if *any* outcome of that norm found a
 misclassified point within ``eps`` of it (an adversarial example inside a smaller ball lies
 inside every larger one). The metrics of the seed chapter's eqs. (1)-(3) are computed from
 it by ``bastion.metrics``.
+
+Against a randomized defense a point is judged over several forward passes ("draws"): an
+outcome with ``draws = d > 1`` records, per point, how many of the d passes on its returned
+point were correct (``correct_draws``), and the point counts as robust only if all were
+(its ``adv_pred`` is then the label, else the first wrong pass's prediction). The record
+may likewise hold the clean points' counts (``clean_correct_draws``). ``draw_spread``
+summarises them. Records written before these fields load with ``draws = 1`` and no counts.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 import torch
 
 from bastion.errors import InputError, InputTypeError
-from bastion.records.io import TensorRecord, record_from_dict
+from bastion.records.io import TensorRecord, record_from_dict, record_to_dict
 from bastion.types import NORMS, Norm
 
 _TOL_REL = 1e-5
@@ -45,6 +52,29 @@ def _vector(t: Any, name: str, dtype: torch.dtype, n: int | None) -> torch.Tenso
     if n is not None and t.shape[0] != n:
         raise InputError(f"{name} has {t.shape[0]} entries for {n} points")
     return t.detach().cpu()
+
+
+def _draw_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be an int >= 1 (forward passes), got {value!r}")
+    return value
+
+
+def _counts(t: Any, name: str, n: int, draws: int) -> torch.Tensor:
+    """Per-point counts of correct passes: int64 [n] in [0, draws]."""
+    c = _vector(t, name, torch.int64, n)
+    if c.numel() and (int(c.min()) < 0 or int(c.max()) > draws):
+        raise InputError(f"{name} must count correct passes in [0, {draws}], got values in "
+                         f"[{int(c.min())}, {int(c.max())}]")
+    return c
+
+
+def _without_defaults(d: dict[str, Any], *, draws: str, counts: str) -> dict[str, Any]:
+    """``d`` without the draw fields when they hold their defaults (1 pass, no counts)."""
+    if d.get(draws) == 1 and d.get(counts) is None:
+        d.pop(draws, None)
+        d.pop(counts, None)
+    return d
 
 
 def _radius(eps: Any, name: str = "eps") -> float:
@@ -77,8 +107,16 @@ class AttackOutcome(TensorRecord):
             JSON-safe.
         seconds: time spent on this attack over all points (>= 0); the sum over the
             batches, and over the processes when they were shared out (``concat``).
+        draws: d >= 1, the forward passes that judged each returned point (a randomized
+            defense; ``attacks.eot.judge_over_draws``). 1: one pass.
+        correct_draws: int64 [N] or None: per point, how many of the ``draws`` passes
+            classified the returned point correctly (0 where the clean point is
+            misclassified: it is not attacked nor judged). A point is correct after the
+            attack iff all its passes were: ``adv_pred == label`` iff
+            ``correct_draws == draws`` (checked). Required when ``draws > 1``.
 
-    Tensors are kept on the CPU.
+    Tensors are kept on the CPU. ``to_dict`` leaves ``draws`` and ``correct_draws`` out at
+    their defaults (1, None), so such a record reads as one written before they existed.
     """
 
     attack: str
@@ -88,6 +126,8 @@ class AttackOutcome(TensorRecord):
     perturbation: torch.Tensor
     params: Mapping[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    draws: int = 1
+    correct_draws: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.attack, str) or not self.attack:
@@ -112,9 +152,23 @@ class AttackOutcome(TensorRecord):
         if isinstance(s, bool) or not isinstance(s, int | float) or not (0 <= s < math.inf):
             raise InputError(f"AttackOutcome.seconds must be a finite number >= 0, got {s!r}")
         object.__setattr__(self, "seconds", float(s))
+        d = _draw_count(self.draws, f"{self.attack}: draws")
+        object.__setattr__(self, "draws", d)
+        if self.correct_draws is None:
+            if d > 1:
+                raise InputError(f"{self.attack}: draws={d} needs correct_draws, the per-point "
+                                 "number of correct passes")
+        else:
+            c = _counts(self.correct_draws, f"{self.attack}: correct_draws", adv.shape[0], d)
+            object.__setattr__(self, "correct_draws", c)
 
     def __len__(self) -> int:
         return int(self.adv_pred.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (``draws`` / ``correct_draws`` only when not at their defaults)."""
+        return _without_defaults(record_to_dict(self), draws="draws",
+                                 counts="correct_draws")
 
     @property
     def minimal(self) -> bool:
@@ -137,6 +191,13 @@ class EvalResult(TensorRecord):
         clean_pred: int64 [N], predictions on the clean inputs.
         outcomes: one ``AttackOutcome`` per attack run on these points.
         params: settings shared by all outcomes (checkpoint, number of points, ...).
+        clean_draws: d >= 1, the forward passes on each clean point counted in
+            ``clean_correct_draws`` (the first is the one ``clean_pred`` comes from).
+        clean_correct_draws: int64 [N] or None: per point, how many of the
+            ``clean_draws`` passes on the clean input were correct (at least 1 where
+            ``clean_pred`` is right, at most d - 1 where it is wrong; checked). Clean
+            accuracy stays that of the one pass, ``clean_pred``. Required when
+            ``clean_draws > 1``.
 
     Example:
         >>> y = torch.tensor([0, 1, 2])
@@ -154,6 +215,8 @@ class EvalResult(TensorRecord):
     clean_pred: torch.Tensor
     outcomes: tuple[AttackOutcome, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
+    clean_draws: int = 1
+    clean_correct_draws: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         labels = _vector(self.labels, "labels", torch.int64, None)
@@ -162,6 +225,25 @@ class EvalResult(TensorRecord):
         object.__setattr__(self, "index", _vector(self.index, "index", torch.int64, n))
         clean = _vector(self.clean_pred, "clean_pred", torch.int64, n)
         object.__setattr__(self, "clean_pred", clean)
+        cd = _draw_count(self.clean_draws, "clean_draws")
+        object.__setattr__(self, "clean_draws", cd)
+        if self.clean_correct_draws is None:
+            if cd > 1:
+                raise InputError(f"clean_draws={cd} needs clean_correct_draws, the per-point "
+                                 "number of correct passes on the clean inputs")
+        else:
+            cc = _counts(self.clean_correct_draws, "clean_correct_draws", n, cd)
+            object.__setattr__(self, "clean_correct_draws", cc)
+            right = clean == labels
+            off = (right & (cc < 1)) | (~right & (cc > cd - 1))
+            if off.any():
+                i = int(off.nonzero()[0, 0])
+                raise InputError(
+                    f"clean_correct_draws of point {int(self.index[i])} is {int(cc[i])} of "
+                    f"{cd} passes but its clean_pred {int(clean[i])} (label {int(labels[i])}) "
+                    "is the first pass: a right first pass counts at least 1, a wrong one "
+                    f"at most {cd - 1}"
+                )
         if isinstance(self.outcomes, AttackOutcome | Mapping):
             raise InputTypeError("EvalResult.outcomes must be a sequence of AttackOutcome")
         outs = tuple(o if isinstance(o, AttackOutcome) else AttackOutcome.from_dict(o)
@@ -191,9 +273,57 @@ class EvalResult(TensorRecord):
                     f"perturbation {float(o.perturbation[i]):.6g}); its adversarial point "
                     "must be the clean input"
                 )
+            if o.correct_draws is not None:
+                robust = o.adv_pred == labels
+                off = robust != (o.correct_draws == o.draws)
+                off |= wrong & (o.correct_draws != 0)
+                if off.any():
+                    i = int(off.nonzero()[0, 0])
+                    raise InputError(
+                        f"{what}: point {int(self.index[i])} has {int(o.correct_draws[i])} of "
+                        f"{o.draws} correct passes but adv_pred {int(o.adv_pred[i])} (label "
+                        f"{int(labels[i])}); a point is correct after the attack iff every "
+                        "pass is, and a point wrong when clean counts 0"
+                    )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (the clean draw fields only when not at their defaults)."""
+        return _without_defaults(record_to_dict(self), draws="clean_draws",
+                                 counts="clean_correct_draws")
+
+    def draw_spread(self, *, attack: str | None = None, norm: str | None = None,
+                    eps: float | None = None) -> dict[str, float | int]:
+        """The spread over judging draws of the one outcome matching the fields.
+
+        With d = its ``draws`` and c_i the correct passes of point i (over all N points):
+
+        - ``"mean"``: ``sum_i c_i / (N d)``, the accuracy of one pass, averaged over the d
+          passes (what a one-pass evaluation reports on average);
+        - ``"std"``: the standard deviation of one pass's accuracy over draws, estimated
+          from the counts as ``sqrt(sum_i p_i (1 - p_i) d / (d - 1)) / N`` with
+          ``p_i = c_i / d`` (0 for d = 1);
+        - ``"all"``: the fraction of points correct on every pass, the robust accuracy
+          this outcome reports (a lower bound of the worst single pass);
+        - ``"any"``: the fraction correct on at least one pass (an upper bound of the
+          best single pass).
+
+        An outcome without counts (one pass, or an older record) has all four equal to its
+        one-pass accuracy and std 0. ``"draws"`` is d.
+        """
+        o = self.only(attack=attack, norm=norm, eps=eps)
+        n = len(self)
+        if o.correct_draws is None:
+            acc = float((self.clean_correct & (o.adv_pred == self.labels)).double().mean())
+            return {"draws": o.draws, "mean": acc, "std": 0.0, "all": acc, "any": acc}
+        d = o.draws
+        c = o.correct_draws.double() * self.clean_correct.double()
+        p = c / d
+        var = float((p * (1 - p)).sum()) * (d / (d - 1) if d > 1 else 0.0)
+        return {"draws": d, "mean": float(c.sum()) / (n * d), "std": math.sqrt(var) / n,
+                "all": float((c == d).double().mean()), "any": float((c > 0).double().mean())}
 
     @property
     def clean_correct(self) -> torch.Tensor:
@@ -279,7 +409,9 @@ class EvalResult(TensorRecord):
     def with_outcome(self, outcome: AttackOutcome) -> EvalResult:
         """A new record with ``outcome`` added (checked against the same invariants)."""
         return EvalResult(index=self.index, labels=self.labels, clean_pred=self.clean_pred,
-                          outcomes=(*self.outcomes, outcome), params=self.params)
+                          outcomes=(*self.outcomes, outcome), params=self.params,
+                          clean_draws=self.clean_draws,
+                          clean_correct_draws=self.clean_correct_draws)
 
     @classmethod
     def concat(cls, parts: Sequence[EvalResult]) -> EvalResult:
@@ -287,9 +419,11 @@ class EvalResult(TensorRecord):
         evaluation put back together).
 
         Every part must hold the same attacks in the same order (equal ``attack``,
-        ``norm``, ``eps`` and ``params`` of each outcome) and equal record ``params``.
-        ``index``, ``labels``, ``clean_pred`` and each outcome's ``adv_pred`` and
-        ``perturbation`` are concatenated; each outcome's ``seconds`` is the sum over the
+        ``norm``, ``eps``, ``params`` and ``draws`` of each outcome, each with or without
+        ``correct_draws`` in every part), equal record ``params`` and equal
+        ``clean_draws``. ``index``, ``labels``, ``clean_pred``, each outcome's
+        ``adv_pred``, ``perturbation`` and ``correct_draws``, and the
+        ``clean_correct_draws`` are concatenated; each outcome's ``seconds`` is the sum over the
         parts (process-seconds when the parts ran in parallel). The parts should cover
         disjoint points; this is not checked.
 
@@ -313,16 +447,29 @@ class EvalResult(TensorRecord):
         if bad:
             raise InputTypeError(f"EvalResult.concat joins EvalResult objects, got {bad}")
         first = parts[0]
-        key = [(o.attack, o.norm, o.eps, o.params) for o in first.outcomes]
+
+        def key_of(r: EvalResult) -> list[tuple[Any, ...]]:
+            return [(o.attack, o.norm, o.eps, o.params, o.draws, o.correct_draws is None)
+                    for o in r.outcomes]
+
+        key = key_of(first)
+        clean_key = (first.clean_draws, first.clean_correct_draws is None)
         for i, p in enumerate(parts[1:], start=1):
             if p.params != first.params:
                 raise InputError(f"part {i} has params {p.params!r}, part 0 {first.params!r}")
-            other = [(o.attack, o.norm, o.eps, o.params) for o in p.outcomes]
+            if (p.clean_draws, p.clean_correct_draws is None) != clean_key:
+                raise InputError(
+                    f"part {i} has clean_draws {p.clean_draws} "
+                    f"({'without' if p.clean_correct_draws is None else 'with'} counts), "
+                    f"part 0 {first.clean_draws} "
+                    f"({'without' if first.clean_correct_draws is None else 'with'} counts)"
+                )
+            other = key_of(p)
             if other != key:
                 raise InputError(
                     f"part {i} has outcomes {[k[:3] for k in other]} but part 0 has "
-                    f"{[k[:3] for k in key]} (with their params): concat joins records of "
-                    "the same attacks in the same order"
+                    f"{[k[:3] for k in key]} (with their params and draws): concat joins "
+                    "records of the same attacks in the same order"
                 )
 
         outcomes = []
@@ -332,12 +479,17 @@ class EvalResult(TensorRecord):
                 attack=o.attack, norm=o.norm, eps=o.eps,
                 adv_pred=torch.cat([e.adv_pred for e in each]),
                 perturbation=torch.cat([e.perturbation for e in each]),
-                params=o.params, seconds=sum(e.seconds for e in each),
+                params=o.params, seconds=sum(e.seconds for e in each), draws=o.draws,
+                correct_draws=None if o.correct_draws is None else torch.cat(
+                    [e.correct_draws for e in each]),  # type: ignore[misc]
             ))
+        clean_counts = None if first.clean_correct_draws is None else torch.cat(
+            [p.clean_correct_draws for p in parts])  # type: ignore[misc]
         return cls(index=torch.cat([p.index for p in parts]),
                    labels=torch.cat([p.labels for p in parts]),
                    clean_pred=torch.cat([p.clean_pred for p in parts]),
-                   outcomes=tuple(outcomes), params=first.params)
+                   outcomes=tuple(outcomes), params=first.params,
+                   clean_draws=first.clean_draws, clean_correct_draws=clean_counts)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
@@ -345,4 +497,5 @@ class EvalResult(TensorRecord):
         outs = tuple(AttackOutcome.from_dict(o) for o in data.pop("outcomes", []))
         base = record_from_dict(cls, {**data, "outcomes": []})
         return cls(index=base.index, labels=base.labels, clean_pred=base.clean_pred,
-                   outcomes=outs, params=base.params)
+                   outcomes=outs, params=base.params, clean_draws=base.clean_draws,
+                   clean_correct_draws=base.clean_correct_draws)

@@ -16,14 +16,15 @@ from torch import nn
 
 from bastion._validate import check_choice
 from bastion.attacks.core import clip_to_ball_and_box, perturbation_norm
+from bastion.attacks.ddn import DDN_NORMS, ddn_within
 from bastion.attacks.minimal import fmn
 from bastion.attacks.threat import ThreatModel, init_threat
 from bastion.errors import InputError
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
 
-FATAttack = Literal["pgd-k-tau", "minimal"]
-FAT_ATTACKS: tuple[str, ...] = ("pgd-k-tau", "minimal")
+FATAttack = Literal["pgd-k-tau", "minimal", "ddn"]
+FAT_ATTACKS: tuple[str, ...] = ("pgd-k-tau", "minimal", "ddn")
 
 # The authors' dynamic tau over their 120 epochs (``adjust_tau`` in FAT.py, 1-based epoch
 # e: tau = 0 for e <= 50, 1 for e <= 90, 2 after), as fractions of training.
@@ -59,6 +60,18 @@ class FAT:
     smallest perturbation that fools, capped at ``eps``; a point FMN cannot fool is used
     clean.
 
+    ``attack="ddn"`` is the same idea in L2 with DDN (Rony et al. 2019, "Decoupling
+    Direction and Norm for Efficient Gradient-Based L2 Adversarial Attacks and Defenses",
+    arXiv 1811.09600; ``attacks.ddn.ddn_within``): ``steps`` DDN iterations starting at
+    the radius ``eps`` (a short search moves the radius by at most ``1.05**steps``), and x~
+    is the smallest adversarial iterate projected onto the eps-ball, i.e. the minimal
+    perturbation that crosses the boundary when it is within ``eps`` and its projection
+    onto the eps-sphere otherwise; where DDN found no adversarial iterate, x~ is its last
+    iterate projected onto the ball (not the clean point). Only for an L2 ``threat``;
+    ``random_init`` and ``step_size`` are not used (DDN starts at ``x``, its step size is
+    its own cosine schedule from 1.0 to 0.01). Its random numbers (only for a vanishing
+    gradient) come from ``ctx.generator``.
+
     Not reproduced: the authors also add ``omega * N(0, I)`` (omega = 0.001) to every PGD
     step "for escaping the local minimum"; the engine's steps are noise-free.
 
@@ -68,7 +81,8 @@ class FAT:
     Args:
         threat: the attack (``ThreatModel``; a mapping overrides the default's keys):
             radius ``eps`` > 0 in [0, 1] pixel units (default 0.1), ``norm``, ``steps``
-            (10: the maximum number of PGD steps K, FMN iterations for ``"minimal"``),
+            (10: the maximum number of PGD steps K, FMN iterations for ``"minimal"``,
+            DDN iterations for ``"ddn"``),
             ``step_size`` (None: ``2.5 * eps / steps``), ``random_init`` (True: uniform in
             the ball, or Gaussian with ``init_std``) and ``train_mode`` (False: eval mode
             during the attack, restored).
@@ -76,7 +90,8 @@ class FAT:
             ``tau_schedule=None`` (setting both is an error).
         tau_schedule: ``((fraction, tau), ...)`` with increasing fractions in [0, 1) starting
             at 0; default the paper's dynamic tau; None uses the fixed ``tau``.
-        attack: ``"pgd-k-tau"`` (FAT) or ``"minimal"`` (FMN capped at ``eps``).
+        attack: ``"pgd-k-tau"`` (FAT), ``"minimal"`` (FMN capped at ``eps``) or ``"ddn"``
+            (DDN's minimal L2 example capped at ``eps``; L2 threats only).
         init_std: Gaussian start with this std instead of the uniform one.
     """
 
@@ -91,6 +106,12 @@ class FAT:
         init_threat(self)
         if not self.threat.eps > 0:
             raise InputError(f"eps must be > 0, got {self.threat.eps}")
+        if self.attack == "ddn" and self.threat.norm not in DDN_NORMS:
+            raise InputError(
+                f"FAT attack 'ddn' is an L2 attack, got threat norm {self.threat.norm!r}; "
+                f"valid norms for 'ddn': {', '.join(DDN_NORMS)} (use attack 'minimal' or "
+                "'pgd-k-tau' for linf)"
+            )
         if not isinstance(self.tau, int) or self.tau < 0:
             raise InputError(f"tau must be an int >= 0, got {self.tau!r}")
         if self.init_std is not None and not self.init_std > 0:
@@ -139,6 +160,10 @@ class FAT:
             r = t.attack(model, x, y, early_stop=True, tau=tau, init_std=self.init_std,
                          generator=gen)
             x_adv, num_steps = r.x_adv, r.num_steps.double().mean()
+        elif self.attack == "ddn":
+            x_adv, _ = ddn_within(model, x, y, eps=t.eps, steps=t.steps,
+                                  train_mode=t.train_mode, generator=gen)
+            num_steps = torch.tensor(float(t.steps), dtype=torch.float64)
         else:
             m = fmn(model, x, y, norm=t.norm, steps=t.steps, train_mode=t.train_mode)
             radius = torch.as_tensor(t.eps, dtype=x.dtype, device=x.device)
