@@ -43,6 +43,7 @@ from bastion._torch import model_mode
 from bastion._validate import check_labels
 from bastion.errors import InputError, InputTypeError
 from bastion.metrics import certified_accuracy
+from bastion.preprocess import preprocessor_of
 from bastion.records import AttackOutcome, Certificate, EvalResult
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,40 @@ def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 {"median_l1": med, "threshold": vanishing, "points": n},
             ))
     return findings
+
+
+def check_declarations(model: nn.Module, findings: Sequence[CheckFinding]
+                       ) -> list[CheckFinding]:
+    """A pre-processing defense whose behaviour contradicts what it declares.
+
+    The evaluation picks EOT for a defense declared ``randomized`` and BPDA for one declared
+    not ``differentiable`` (``attacks.eot.adaptive_attack_for``); a defense that is random
+    but says it is not, or blocks gradients but says it does not, would be evaluated with
+    the plain attack it fools. Fires "undeclared-randomness" when ``check_randomized``
+    found random outputs behind a defense declared deterministic, and
+    "undeclared-gradient-masking" when ``check_gradients`` found zero gradients behind a
+    defense declared differentiable. ``findings`` are the model checks' findings on
+    ``model``; a model that is not a ``Defended`` gets none.
+    """
+    pre = preprocessor_of(model)
+    if pre is None:
+        return []
+    names = {f.name for f in findings}
+    out = []
+    cls = type(pre).__name__
+    if "randomized-outputs" in names and not pre.randomized:
+        out.append(CheckFinding(
+            "undeclared-randomness",
+            f"{cls} declares randomized = False but two identical calls differ: the "
+            "benchmark would not attack it with EOT; fix the declaration",
+            {"defense": cls}))
+    if "zero-gradients" in names and pre.differentiable:
+        out.append(CheckFinding(
+            "undeclared-gradient-masking",
+            f"{cls} declares differentiable = True but the input gradients are zero: the "
+            "benchmark would not attack it with BPDA; fix the declaration",
+            {"defense": cls}))
+    return out
 
 
 def check_probabilities(model: nn.Module, x: torch.Tensor, *, atol: float = 1e-4
@@ -610,10 +645,10 @@ def run_checks(
     """
     found: list[CheckFinding] = []
     if model is not None and x is not None:
-        found += check_randomized(model, x)
-        found += check_probabilities(model, x)
+        model_found = check_randomized(model, x) + check_probabilities(model, x)
         if y is not None:
-            found += check_gradients(model, x, y)
+            model_found += check_gradients(model, x, y)
+        found += model_found + check_declarations(model, model_found)
     if result is not None:
         if num_classes is not None:
             found += check_clean_accuracy(result, num_classes, expected_clean)

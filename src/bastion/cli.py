@@ -20,15 +20,28 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import yaml
 from tqdm import tqdm
 
 from bastion._validate import check_int, check_run_dir
+from bastion.attacks.eot import DEFAULT_DRAWS
+from bastion.attacks.evaluate import MINIMAL_ATTACKS
 from bastion.attacks.spec import ATTACKS, AttackSpec
 from bastion.attacks.threat import ThreatModel
 from bastion.certify.config import CertificationWarning, CertifyConfig
 from bastion.config import load_config
-from bastion.errors import BastionError, MissingFileError
-from bastion.runs import eval_record_path, evaluate_run, load_config_of, train_from_config
+from bastion.errors import BastionError, InputError, MissingFileError
+from bastion.preprocess.registry import PREPROCESSORS
+from bastion.runs import (
+    DefenseChoice,
+    eval_record_path,
+    evaluate_minimal_run,
+    evaluate_run,
+    load_config_of,
+    minimal_record_path,
+    run_is_randomized,
+    train_from_config,
+)
 
 DEFAULT_RUNS = Path("runs")
 DEBUG_ENV = "BASTION_DEBUG"
@@ -83,11 +96,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attack_from_args(args: argparse.Namespace) -> AttackSpec:
+def _attack_from_args(args: argparse.Namespace, draws: int = 1) -> AttackSpec:
     threat = ThreatModel(eps=args.eps, norm=args.norm, steps=args.steps,
                          step_size=args.step_size)
+    if args.eot_samples is not None and args.attack != "eot-pgd":
+        raise InputError(f"--eot-samples applies to --attack eot-pgd, not {args.attack!r}")
     return AttackSpec(name=args.attack, threat=threat, restarts=args.restarts,
-                      objective=args.objective)
+                      objective=args.objective, draws=draws, eot_samples=args.eot_samples)
+
+
+def _defense_from_args(args: argparse.Namespace) -> DefenseChoice | None:
+    """``--defense NAME [--defense-option K=V ...]`` or ``--defense-from RUN``, checked."""
+    if args.defense is None and args.defense_from is None:
+        if args.defense_option:
+            raise InputError("--defense-option needs --defense NAME")
+        return None
+    if args.defense is not None and args.defense_from is not None:
+        raise InputError("give --defense NAME or --defense-from RUN_DIR, not both")
+    if args.defense_from is not None:
+        if args.defense_option:
+            raise InputError("--defense-option applies to --defense NAME, not --defense-from")
+        return DefenseChoice(from_run=str(check_run_dir(args.defense_from)))
+    options: dict[str, Any] = {}
+    for item in args.defense_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--defense-option {item!r}: expected KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    return DefenseChoice(name=args.defense, options=options)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -96,29 +132,72 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_int(args.n, "--n", low=1)
     check_int(args.batch_size, "--batch-size", low=1)
     check_int(args.seed, "--seed", low=0)
-    attack = _attack_from_args(args)
+    defense = _defense_from_args(args)
+    minimal = args.attack in MINIMAL_ATTACKS
+    if args.draws is not None:
+        check_int(args.draws, "--draws", low=1)
+    draws = args.draws or (DEFAULT_DRAWS if run_is_randomized(run, defense) else 1)
+    attack = None if minimal else _attack_from_args(args, draws)
+    if minimal and (args.norm == "linf" and args.attack == "ddn"):
+        raise InputError("--attack ddn is an L2 attack: add --norm l2 (or use --attack fmn)")
     bars: list[tqdm] = []
+    desc = args.attack if minimal else f"{args.attack} eps={args.eps:g}"
 
     def progress(done: int) -> None:
         if not bars:  # created once the run is loaded, so errors print cleanly
-            bars.append(tqdm(total=args.n, desc=f"{attack.name} eps={attack.eps:g}",
-                             unit="img", dynamic_ncols=True))
+            bars.append(tqdm(total=args.n, desc=desc, unit="img", dynamic_ncols=True))
         bars[0].update(done)
 
     try:
-        result = evaluate_run(run, attack, n=args.n, which=args.checkpoint,
-                              batch_size=args.batch_size, seed=args.seed, progress=progress)
+        if attack is None:
+            result = evaluate_minimal_run(run, args.attack, norm=args.norm, steps=args.steps,
+                                          n=args.n, which=args.checkpoint,
+                                          batch_size=args.batch_size, seed=args.seed,
+                                          progress=progress, defense=defense)
+        else:
+            result = evaluate_run(run, attack, n=args.n, which=args.checkpoint,
+                                  batch_size=args.batch_size, seed=args.seed,
+                                  progress=progress, defense=defense)
     finally:
         for bar in bars:
             bar.close()
     clean = float(result.clean_correct.double().mean())
-    robust = float(result.adv_correct().double().mean())
     seconds = sum(o.seconds for o in result.outcomes)
-    path = eval_record_path(run, attack, args.n, args.checkpoint)
-    print(_table([("points", str(args.n)), ("clean accuracy", _rate(clean)),
-                  (f"robust accuracy ({attack.name}-{attack.steps}, {attack.norm} "
-                   f"eps {attack.eps:g})", _rate(robust)),
-                  ("seconds", f"{seconds:.1f}")]))
+    rows = [("points", str(args.n)), ("clean accuracy", _rate(clean))]
+    pre = result.params.get("preprocessor")
+    if pre:
+        flags = ", ".join([("randomized" if pre.get("randomized") else "deterministic"),
+                           ("differentiable" if pre.get("differentiable")
+                            else "non-differentiable")])
+        rows.insert(0, ("defense", f"{pre['class']} ({flags})"))
+    if attack is None:
+        from bastion.metrics import average_perturbation
+
+        o = result.outcomes[0]
+        rows.append((f"average perturbation ({args.attack}-{args.steps}, {args.norm}, eq. 3)",
+                     f"{average_perturbation(result):.4f}"))
+        ok = result.clean_correct
+        broken = (o.adv_pred != result.labels) & ok
+        rows.append(("clean-correct points broken", _rate(float(broken.sum()) /
+                                                          max(1, int(ok.sum())))))
+        path = minimal_record_path(run, args.attack, args.norm, args.steps, args.n,
+                                   args.checkpoint, defense)
+    else:
+        robust = float(result.adv_correct().double().mean())
+        o = result.outcomes[0]
+        bpda = o.params.get("bpda") and attack.name != "bpda-pgd"
+        how = f"{attack.name}-{attack.steps}" + (" + BPDA" if bpda else "")
+        if attack.draws > 1:
+            how += f", robust on all {attack.draws} draws"
+        rows.append((f"robust accuracy ({how}, {attack.norm} eps {attack.eps:g})",
+                     _rate(robust)))
+        if attack.draws > 1:
+            spread = result.draw_spread()
+            rows.append(("one draw: mean (std) over draws",
+                         f"{_rate(spread['mean'])} ({100 * spread['std']:.2f})"))
+        path = eval_record_path(run, attack, args.n, args.checkpoint, defense)
+    rows.append(("seconds", f"{seconds:.1f}"))
+    print(_table(rows))
     print(f"record: {path}")
     return 0
 
@@ -358,7 +437,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="attack a trained run on its test set", formatter_class=fmt)
     e.add_argument("run_dir", help="run folder written by 'bastion train'")
-    e.add_argument("--attack", default="pgd", choices=ATTACKS, help="attack to run")
+    e.add_argument("--attack", default="pgd", choices=(*ATTACKS, *MINIMAL_ATTACKS[:2]),
+                   help="attack to run: PGD, its adaptive versions (bpda-pgd: BPDA through a "
+                   "non-differentiable defense; eot-pgd: EOT over a randomized one), "
+                   "AutoAttack (autoattack-rand: the EOT version for randomized defenses), "
+                   "or a minimal attack (fmn; ddn, L2) for the average perturbation")
+    e.add_argument("--defense", default=None, choices=sorted(PREPROCESSORS),
+                   help="put this pre-processing defense in front of the run's model")
+    e.add_argument("--defense-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of --defense (repeatable), e.g. keep_prob=0.5")
+    e.add_argument("--defense-from", default=None, metavar="RUN_DIR",
+                   help="put the trained defense of this defended run (e.g. a guided "
+                   "denoiser trained by configs/hgd.yaml) in front of the run's model")
+    e.add_argument("--eot-samples", type=int, default=None,
+                   help="EOT draws per gradient step (eot-pgd; default 10)")
+    e.add_argument("--draws", type=int, default=None,
+                   help="judge a randomized defense over this many passes: a point is robust "
+                   "only if all are correct (default 10 for randomized defenses, else 1)")
     e.add_argument("--eps", type=float, default=0.1, help="radius in [0, 1] pixel units")
     e.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat-model norm")
     e.add_argument("--steps", type=int, default=20, help="PGD steps")

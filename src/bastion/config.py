@@ -31,6 +31,7 @@ constructs no objects), is empty or is not a mapping raises ``ConfigError`` nami
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import math
 import os
 import re
@@ -51,6 +52,7 @@ from bastion.attacks.threat import ThreatModel
 from bastion.data.registry import DATASET_INFO, DATASETS
 from bastion.errors import BastionError, ConfigError, InputError, InputTypeError, MissingFileError
 from bastion.models.registry import MODELS, build, check_architecture
+from bastion.preprocess.registry import PREPROCESSORS, TRAINED, resolved_options
 from bastion.train.loop import PRECISIONS, check_precision
 from bastion.train.registry import METHODS, build_method, canonical_method_options
 from bastion.train.schedules import ScheduleConfig
@@ -94,6 +96,27 @@ class EvalConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PreprocessConfig:
+    """A pre-processing defense in front of the run's classifier (``bastion.preprocess``).
+
+    Args:
+        name: the defense (``preprocess.registry.PREPROCESSORS``: ``tv``, ``resize-pad``,
+            ``bit-depth``, ``jpeg``, ``hgd``).
+        options: its keywords (e.g. ``{keep_prob: 0.5, lam: 0.03}`` for ``tv``).
+        freeze_model: keep the classifier fixed (eval mode, no gradients) and train only
+            the defense's own weights: the guided denoiser's recipe (``method: hgd``, the
+            classifier from ``init_from``).
+
+    The run's model is then ``Defended(defense, classifier)``, and ``load_model`` of the
+    run returns that composition.
+    """
+
+    name: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    freeze_model: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Everything a ``bastion train`` run needs; ``repr`` is the log line.
 
@@ -125,6 +148,7 @@ class TrainConfig:
     patience: int | None = None
     device: str = "auto"
     eval: EvalConfig = field(default_factory=EvalConfig)
+    preprocess: PreprocessConfig | None = None
 
     def __post_init__(self) -> None:
         _check_method(self)
@@ -276,6 +300,8 @@ def _check_values(cfg: TrainConfig) -> None:
         except (RuntimeError, ValueError, TypeError):
             _check_device_here(cfg.device)  # raises, naming the valid choices here
 
+    _check_preprocess(cfg)
+
     e = cfg.eval
     if not isinstance(e, EvalConfig):
         raise InputTypeError(f"{_ROOT}.eval: expected an EvalConfig, got {e!r}")
@@ -289,6 +315,27 @@ def _check_values(cfg: TrainConfig) -> None:
     if e.attack is not None:
         with _keyed("eval"):
             AttackSpec(name=e.attack, threat=e.threat)
+
+
+def _check_preprocess(cfg: TrainConfig) -> None:
+    p = cfg.preprocess
+    if cfg.method == "hgd" and (p is None or p.name not in TRAINED or not p.freeze_model):
+        _fail("preprocess", "method 'hgd' trains a denoiser in front of a fixed classifier: "
+              "it needs preprocess: {name: hgd, freeze_model: true} and init_from naming the "
+              f"classifier's run, got preprocess {p!r}")
+    if p is None:
+        return
+    if not isinstance(p, PreprocessConfig):
+        raise InputTypeError(f"{_ROOT}.preprocess: expected a PreprocessConfig, got {p!r}")
+    if p.name not in PREPROCESSORS:
+        _fail("preprocess.name", f"unknown defense {p.name!r}; valid choices: "
+              f"{', '.join(sorted(PREPROCESSORS))}")
+    _flag("preprocess.freeze_model", p.freeze_model)
+    with _keyed("preprocess.options"):
+        resolved_options(p.name, p.options)
+    if p.freeze_model and p.name not in TRAINED:
+        _fail("preprocess.freeze_model", f"defense {p.name!r} has no weights to train; "
+              f"freeze_model is for {', '.join(sorted(TRAINED))}")
 
 
 def _check_device_here(device: str) -> None:
@@ -346,6 +393,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         opts = f" with model_options {dict(cfg.model_options)}" if cfg.model_options else ""
         raise ConfigError(f"{_ROOT}.{key}: model {cfg.model!r}{opts} cannot be built for "
                           f"{cfg.dataset} ({c}x{h}x{w} images): {err}") from err
+    if cfg.preprocess is not None:
+        from bastion.preprocess.registry import build_preprocessor
+
+        try:
+            with torch.device("meta"):
+                build_preprocessor(cfg.preprocess.name, cfg.preprocess.options, in_channels=c)
+        except (BastionError, TypeError, ValueError, RuntimeError) as err:
+            raise ConfigError(f"{_ROOT}.preprocess: defense {cfg.preprocess.name!r} with "
+                              f"options {dict(cfg.preprocess.options)} cannot be built for "
+                              f"{cfg.dataset} ({c}x{h}x{w} images): {err}") from err
     return cfg
 
 
@@ -436,6 +493,9 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "config") -> T:
         data = _fold_legacy_eval(data, path)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    # a key that is a Python keyword (``from``) is the field with a trailing underscore
+    data = {(f"{k}_" if keyword.iskeyword(k) and f"{k}_" in names else k): v
+            for k, v in data.items()}
     unknown = [k for k in data if k not in names]
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys: {', '.join(names)}")
@@ -458,7 +518,10 @@ def to_dict(obj: Any) -> dict[str, Any]:
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    return plain(dataclasses.asdict(obj))
+    out = plain(dataclasses.asdict(obj))
+    if isinstance(obj, TrainConfig) and obj.preprocess is None:
+        del out["preprocess"]  # an undefended run's config (and hash) as before the key
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

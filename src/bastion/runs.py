@@ -80,6 +80,8 @@ from bastion.errors import (
 )
 from bastion.models import architecture_signature, build
 from bastion.noise import from_std
+from bastion.preprocess import Defended
+from bastion.preprocess.registry import build_preprocessor, resolved_options
 from bastion.records import CertificationRow, EvalResult, History
 from bastion.records.io import atomic_write_bytes, atomic_write_json, save_record
 from bastion.train.checkpoint import (
@@ -133,7 +135,25 @@ def init_distributed(device: torch.device) -> bool:
 
 
 def model_metadata(cfg: TrainConfig, num_classes: int, shape: tuple[int, ...]) -> dict[str, Any]:
-    """What ``load_model`` needs to rebuild the architecture of a run."""
+    """What ``load_model`` needs to rebuild the architecture of a run.
+
+    A run with a ``preprocess`` section also records the defense (``"preprocess"``: name,
+    resolved options, ``freeze_model``), so ``load_model`` rebuilds ``Defended(defense,
+    classifier)``.
+    """
+    meta = _classifier_metadata(cfg, num_classes, shape)
+    if cfg.preprocess is not None:
+        p = cfg.preprocess
+        meta["preprocess"] = {
+            "name": p.name,
+            "options": resolved_options(p.name, p.options, in_channels=shape[0]),
+            "freeze_model": p.freeze_model,
+        }
+    return meta
+
+
+def _classifier_metadata(cfg: TrainConfig, num_classes: int,
+                         shape: tuple[int, ...]) -> dict[str, Any]:
     return {
         "architecture": cfg.model,
         "build": {
@@ -150,8 +170,51 @@ def model_metadata(cfg: TrainConfig, num_classes: int, shape: tuple[int, ...]) -
 
 
 def build_model_from_metadata(meta: dict[str, Any]) -> nn.Module:
-    """Rebuild an untrained model from ``model.json`` metadata."""
-    return build(meta["architecture"], **meta["build"])
+    """Rebuild an untrained model from ``model.json`` metadata (``Defended`` when the
+    metadata names a pre-processing defense)."""
+    model = build(meta["architecture"], **meta["build"])
+    pre = meta.get("preprocess")
+    if pre is None:
+        return model
+    defense = build_preprocessor(pre["name"], pre.get("options", {}))
+    return Defended(defense, model, frozen_model=bool(pre.get("freeze_model", False)))
+
+
+def defend(model: nn.Module, name: str, options: dict[str, Any] | None = None, *,
+           in_channels: int | None = None) -> Defended:
+    """``model`` behind the pre-processing defense ``name`` (untrained defenses only; a
+    trained one, the guided denoiser, comes from its run: ``defense_from``)."""
+    from bastion.preprocess.registry import TRAINED
+
+    if name in TRAINED:
+        raise InputError(f"defense {name!r} has trained weights: train it with a recipe "
+                         f"(configs/{name}.yaml) and take it from that run folder "
+                         "(bastion eval RUN_DIR --defense-from DEFENSE_RUN)")
+    return Defended(build_preprocessor(name, options, in_channels=in_channels), model)
+
+
+def defense_from(run_dir: str | os.PathLike, model: nn.Module,
+                 device: str | torch.device = "cpu") -> Defended:
+    """``model`` behind the (trained) defense of the defended run ``run_dir``."""
+    trained = load_model(run_dir, "last", device)
+    if not isinstance(trained, Defended):
+        raise InputError(f"{run_dir} is not a defended run (its config has no preprocess "
+                         "section), so it has no defense to take")
+    return Defended(trained.preprocessor, model).to(device).eval()
+
+
+def _init_from(model: nn.Module, init_from: str) -> None:
+    """Load the last checkpoint of ``init_from`` into ``model``: the whole model, or only
+    the classifier of a ``Defended`` model when ``init_from`` is an undefended run."""
+    ckpt = checkpoint_dir(init_from, "last")
+    if ckpt is None:
+        raise MissingFileError(f"init_from: {init_from!r} has no finished checkpoint")
+    meta_path = Path(init_from) / "model.json"
+    source_defended = meta_path.is_file() and "preprocess" in _read_model_json(meta_path)
+    target = model.model if isinstance(model, Defended) and not source_defended else model
+    load_model_state(target, ckpt)
+    log.info("initialised the %s from %s", "classifier" if target is not model else "model",
+             ckpt)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -219,20 +282,10 @@ def train_from_config(
         train = train.subset(cfg.train_subset)
     torch.manual_seed(cfg.seed)
     init_distributed(device)
-    model = build(
-        cfg.model,
-        num_classes=train.num_classes,
-        in_channels=train.shape[0],
-        input_size=train.shape[1],
-        dataset=cfg.dataset,
-        **cfg.model_options,
-    ).to(device)
+    model = build_model_from_metadata(model_metadata(cfg, train.num_classes, train.shape))
+    model = model.to(device)
     if cfg.init_from is not None:
-        ckpt = checkpoint_dir(cfg.init_from, "last")
-        if ckpt is None:
-            raise MissingFileError(f"init_from: {cfg.init_from!r} has no finished checkpoint")
-        load_model_state(model, ckpt)
-        log.info("initialised the model from %s", ckpt)
+        _init_from(model, cfg.init_from)
     optimizer = _optimizer(model, cfg)
     steps = max(1, len(train) // cfg.batch_size) * cfg.epochs
     scheduler = build_scheduler(optimizer, cfg.schedule, steps)
@@ -473,12 +526,55 @@ def _read_model_json(path: Path) -> dict[str, Any]:
     return meta
 
 
+@dataclass(frozen=True)
+class DefenseChoice:
+    """A pre-processing defense put in front of a run's model at evaluation time.
+
+    Either ``name`` (an untrained defense of ``preprocess.registry``, with ``options``) or
+    ``from_run`` (the trained defense of a defended run, e.g. a guided denoiser).
+    """
+
+    name: str | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    from_run: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.from_run is None):
+            raise InputError("a defense is either a name (--defense) or a defended run "
+                             "(--defense-from), exactly one of the two")
+        if self.name is not None:
+            resolved_options(self.name, self.options)
+
+    def tag(self) -> str:
+        """A folder name for its records: the name and a hash of the options, or the run."""
+        if self.from_run is not None:
+            return f"from-{Path(self.from_run).resolve().name}"
+        digest = json.dumps(self.options, sort_keys=True)
+        import hashlib
+
+        return f"{self.name}-{hashlib.sha256(digest.encode()).hexdigest()[:8]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options), "from_run": self.from_run}
+
+    def apply(self, model: nn.Module, in_channels: int,
+              device: str | torch.device = "cpu") -> Defended:
+        """``model`` behind this defense, on ``device``, in eval mode."""
+        if self.from_run is not None:
+            return defense_from(self.from_run, model, device)
+        assert self.name is not None
+        return defend(model, self.name, self.options, in_channels=in_channels).to(device).eval()
+
+
 def eval_record_path(
-    run_dir: str | os.PathLike, attack: AttackSpec, n: int, which: Which = "last"
+    run_dir: str | os.PathLike, attack: AttackSpec, n: int, which: Which = "last",
+    defense: DefenseChoice | None = None,
 ) -> Path:
-    """Where ``evaluate_run`` saves the record of ``attack`` on the first ``n`` test points."""
+    """Where ``evaluate_run`` saves the record of ``attack`` on the first ``n`` test points
+    (``eval/<defense tag>/`` for a defense added at evaluation time)."""
     name = f"{attack.name}-{attack.norm}-eps{attack.eps:g}-steps{attack.steps}-n{n}-{which}.json"
-    return Path(run_dir) / "eval" / name
+    folder = Path(run_dir) / "eval"
+    return (folder / defense.tag() if defense is not None else folder) / name
 
 
 def evaluate_run(
@@ -491,19 +587,16 @@ def evaluate_run(
     seed: int = 0,
     device: str = "auto",
     progress: Callable[[int], None] | None = None,
+    defense: DefenseChoice | None = None,
 ) -> EvalResult:
     """Attack a run's model on its first ``n`` test points; save the record in ``run_dir/eval``.
 
+    ``defense`` puts a pre-processing defense in front of the run's model first (a run
+    trained with a ``preprocess`` section already has its own: ``load_model`` returns it).
     Returns the ``EvalResult``; it is saved (atomically) at ``eval_record_path(run_dir,
-    attack, n, which)``.
+    attack, n, which, defense)``.
     """
-    cfg = load_config_of(run_dir)
-    dev = resolve_device(device)
-    init_distributed(dev)  # under torchrun the ranks share the points, one record
-    model = load_model(run_dir, which, dev)
-    test = load_dataset(cfg.dataset, "test", cfg.data_dir)
-    if not 1 <= n <= len(test):
-        raise InputError(f"n must be in [1, {len(test)}], got {n}")
+    model, test = _eval_model(run_dir, which, device, defense, n)
     result = evaluate_attack(
         model,
         test.images[:n],
@@ -513,10 +606,93 @@ def evaluate_run(
         seed=seed,
         progress=progress,
     )
-    result = dataclasses.replace(result, params={**result.params, "checkpoint": which, "n": n})
+    result = _with_run_params(result, model, which, n, defense)
     if int(os.environ.get("RANK", "0")) == 0:
-        save_record(eval_record_path(run_dir, attack, n, which), result)
+        save_record(eval_record_path(run_dir, attack, n, which, defense), result)
     return result
+
+
+def _eval_model(run_dir: str | os.PathLike, which: Which, device: str,
+                defense: DefenseChoice | None, n: int) -> tuple[nn.Module, Any]:
+    """The model to evaluate (behind ``defense`` if given) and the run's test set."""
+    cfg = load_config_of(run_dir)
+    dev = resolve_device(device)
+    init_distributed(dev)  # under torchrun the ranks share the points, one record
+    model = load_model(run_dir, which, dev)
+    test = load_dataset(cfg.dataset, "test", cfg.data_dir)
+    if defense is not None:
+        if isinstance(model, Defended):
+            raise InputError(f"{run_dir} is already a defended run "
+                             f"({type(model.preprocessor).__name__}); evaluate it without "
+                             "--defense, or evaluate its classifier's run with one")
+        model = defense.apply(model, test.shape[0], dev)
+    if not 1 <= n <= len(test):
+        raise InputError(f"n must be in [1, {len(test)}], got {n}")
+    return model, test
+
+
+def _with_run_params(result: EvalResult, model: nn.Module, which: Which, n: int,
+                     defense: DefenseChoice | None) -> EvalResult:
+    params = {**result.params, "checkpoint": which, "n": n}
+    if defense is not None:
+        params["defense"] = defense.to_dict()
+    if isinstance(model, Defended):
+        params["preprocessor"] = {"class": type(model.preprocessor).__name__,
+                                  **model.preprocessor.declaration()}
+    return dataclasses.replace(result, params=params)
+
+
+def minimal_record_path(run_dir: str | os.PathLike, attack: str, norm: str, steps: int, n: int,
+                        which: Which = "last", defense: DefenseChoice | None = None) -> Path:
+    """Where ``evaluate_minimal_run`` saves its record."""
+    name = f"{attack}-{norm}-steps{steps}-n{n}-{which}.json"
+    folder = Path(run_dir) / "eval"
+    return (folder / defense.tag() if defense is not None else folder) / name
+
+
+def evaluate_minimal_run(
+    run_dir: str | os.PathLike,
+    attack: str,
+    *,
+    norm: str = "l2",
+    steps: int = 100,
+    n: int = 1000,
+    which: Which = "last",
+    batch_size: int = 250,
+    seed: int = 0,
+    device: str = "auto",
+    progress: Callable[[int], None] | None = None,
+    defense: DefenseChoice | None = None,
+) -> EvalResult:
+    """A minimal-perturbation attack (``fmn``, ``ddn``) on a run's first ``n`` test points
+    (through BPDA when its defense is non-differentiable); saved at
+    ``minimal_record_path``. The record's per-point norms give eq. (3)."""
+    from bastion.attacks.eot import through_bpda_if_needed
+    from bastion.attacks.evaluate import evaluate_minimal
+
+    model, test = _eval_model(run_dir, which, device, defense, n)
+    result = evaluate_minimal(through_bpda_if_needed(model), test.images[:n], test.labels[:n],
+                              attack=attack, norm=norm, steps=steps, batch_size=batch_size,
+                              seed=seed, progress=progress)  # type: ignore[arg-type]
+    result = _with_run_params(result, model, which, n, defense)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_record(minimal_record_path(run_dir, attack, norm, steps, n, which, defense), result)
+    return result
+
+
+def run_is_randomized(run_dir: str | os.PathLike, defense: DefenseChoice | None) -> bool:
+    """Whether the model ``evaluate_run`` attacks draws randomness (its defense declares
+    ``randomized``), read from the defense's class without loading any weights."""
+    from bastion.preprocess.registry import PREPROCESSORS
+
+    if defense is not None and defense.name is not None:
+        return PREPROCESSORS[defense.name].randomized
+    src = Path(defense.from_run) if defense is not None and defense.from_run else Path(run_dir)
+    meta_path = src / "model.json"
+    if not meta_path.is_file():
+        return False
+    pre = _read_model_json(meta_path).get("preprocess")
+    return bool(pre) and PREPROCESSORS[pre["name"]].randomized
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from bastion.attacks.eot import adaptive_attack_for, through_bpda_if_needed
 from bastion.attacks.evaluate import evaluate_attacks, evaluate_minimal
+from bastion.attacks.spec import AttackSpec
 from bastion.bench.suite import (
+    AttackEntry,
     EmpiricalProtocol,
     Protocol,
     ResolvedDefense,
@@ -67,7 +70,7 @@ from bastion.certify.summary import rows_to_certificate
 from bastion.checks import CheckFinding, run_checks
 from bastion.config import dump_config
 from bastion.data import load_dataset
-from bastion.errors import InputError
+from bastion.errors import InputError, MissingFileError
 from bastion.metrics import (
     attack_success_rate,
     average_certified_radius,
@@ -75,9 +78,11 @@ from bastion.metrics import (
     average_perturbation_of_successes,
     certified_accuracy,
 )
+from bastion.preprocess import preprocessor_of
 from bastion.records import Certificate, EvalResult, History
 from bastion.records.io import atomic_write_bytes, atomic_write_json, load_record, save_record
 from bastion.runs import (
+    DefenseChoice,
     certify_run,
     init_distributed,
     load_model,
@@ -210,10 +215,41 @@ class _Context:
         return stable_hash({**self.base, "stage": stage_settings})
 
 
-def _specs(emp: EmpiricalProtocol, num_classes: int) -> list[Any]:
-    first, *rest = emp.attacks
-    specs = [first.spec(r, emp.norm, num_classes) for r in emp.radii()]
-    specs += [a.spec(emp.eps, emp.norm, num_classes) for a in rest]
+def adapted(entry: AttackEntry, model: nn.Module) -> AttackEntry:
+    """``entry`` with the adaptive attack ``model``'s defense calls for (itself on an
+    undefended model or where the plain attack already fits): PGD -> EOT-PGD / BPDA-PGD,
+    AutoAttack -> AutoAttack-rand (``attacks.eot.adaptive_attack_for``)."""
+    base = {"pgd": "pgd", "autoattack": "autoattack"}.get(entry.name)
+    if base is None or preprocessor_of(model) is None:
+        return entry
+    return dataclasses.replace(entry, name=adaptive_attack_for(model, base))
+
+
+def _costly_first(emp: EmpiricalProtocol, model: nn.Module) -> bool:
+    pre = preprocessor_of(model)
+    return pre is not None and pre.costly and emp.costly == "first"
+
+
+def _plan(emp: EmpiricalProtocol, model: nn.Module) -> tuple[list[AttackEntry], list[float]]:
+    """The attacks and the first attack's radii for ``model`` (``emp.costly``)."""
+    if _costly_first(emp, model):
+        return list(emp.attacks[:1]), [emp.eps]
+    return list(emp.attacks), emp.radii()
+
+
+def _specs(emp: EmpiricalProtocol, num_classes: int, model: nn.Module) -> list[AttackSpec]:
+    """The attacks of one threat model: the first (adapted) at every radius, the others
+    (adapted) at eps, and on a defended model the plain ones at eps too."""
+    pre = preprocessor_of(model)
+    kw = {"draws": emp.draws if pre is not None and pre.randomized else 1,
+          "eot_samples": emp.eot_samples}
+    entries, radii = _plan(emp, model)
+    first, *rest = [adapted(a, model) for a in entries]
+    specs = [first.spec(r, emp.norm, num_classes, **kw) for r in radii]
+    specs += [a.spec(emp.eps, emp.norm, num_classes, **kw) for a in rest]
+    plain = entries if emp.plain == "all" else entries[:1]
+    specs += [a.spec(emp.eps, emp.norm, num_classes, **kw) for a in plain
+              if adapted(a, model).name != a.name]
     return specs
 
 
@@ -244,7 +280,7 @@ def _run_attacks(ctx: _Context, emp: EmpiricalProtocol) -> EvalResult:
     p = ctx.protocol
     attacks_only = {k: v for k, v in protocol_dict(emp).items()
                     if k not in ("minimal", "examples")}
-    specs = _specs(emp, ctx.num_classes)
+    specs = _specs(emp, ctx.num_classes, ctx.model)
     return _record_stage(
         ctx, f"attacks-{emp.norm}",
         {"empirical": attacks_only, "n_test": p.n_test, "seed": p.seed,
@@ -266,7 +302,8 @@ def _run_minimal(ctx: _Context, emp: EmpiricalProtocol) -> EvalResult | None:
         {"minimal": protocol_dict(minimal), "norm": emp.norm, "n_test": p.n_test,
          "seed": p.seed, "batch_size": p.batch_size},
         f"{minimal.attack} ({emp.norm})", len(ctx.x),
-        lambda progress: evaluate_minimal(ctx.model, ctx.x, ctx.y, attack=minimal.attack,
+        lambda progress: evaluate_minimal(through_bpda_if_needed(ctx.model), ctx.x, ctx.y,
+                                          attack=minimal.attack,
                                           norm=emp.norm, steps=minimal.steps,
                                           batch_size=p.batch_size, seed=p.seed,
                                           progress=progress, **kw))
@@ -278,7 +315,7 @@ def _run_examples(ctx: _Context, emp: EmpiricalProtocol) -> Path | None:
     from bastion.bench.examples import adversarial_examples, save_examples
 
     stage, fname = f"examples-{emp.norm}", f"examples-{emp.norm}.safetensors"
-    first = emp.attacks[0]
+    first = adapted(emp.attacks[0], ctx.model)
     fp = ctx.fingerprint({"attack": protocol_dict(first), "eps": emp.eps, "norm": emp.norm,
                           "k": emp.examples, "seed": ctx.protocol.seed})
     if ctx.stages.fresh(stage, fp, fname):
@@ -286,7 +323,8 @@ def _run_examples(ctx: _Context, emp: EmpiricalProtocol) -> Path | None:
     t0 = time.perf_counter()
     k = min(emp.examples, len(ctx.x))
     ex = adversarial_examples(ctx.model, ctx.x[:k], ctx.y[:k],
-                              first.spec(emp.eps, emp.norm, ctx.num_classes), k=k,
+                              first.spec(emp.eps, emp.norm, ctx.num_classes,
+                                         eot_samples=emp.eot_samples), k=k,
                               seed=ctx.protocol.seed)
     if _main():
         save_examples(ctx.stages.folder / fname, ex)
@@ -297,7 +335,9 @@ def _run_examples(ctx: _Context, emp: EmpiricalProtocol) -> Path | None:
 def _run_certify(ctx: _Context) -> tuple[Certificate, float] | None:
     cp = ctx.protocol.certified
     noise = smoothing_noise(ctx.defense.config)
-    if cp is None or noise is None:
+    if cp is None or noise is None or ctx.defense.base is not None:
+        # (a base classifier behind a pre-processing defense is not certified: CERTIFY
+        # runs on the run folder's own model)
         return None
     stage, fname = "certify", "certify.jsonl"
     config = CertifyConfig(noise=noise[0], sigma=noise[1], n0=cp.n0, n=cp.n, alpha=cp.alpha,
@@ -392,11 +432,13 @@ def _run_checks(ctx: _Context, results: Mapping[str, EvalResult],
                        warn=False)
     for emp in ctx.protocol.empirical:
         r = results[emp.norm]
-        weaker = _label_selector(emp.attacks[0].label)
-        strongest = emp.attacks[-1].label if len(emp.attacks) > 1 else None
+        weaker = _label_selector(adapted(emp.attacks[0], ctx.model).label)
+        entries, _ = _plan(emp, ctx.model)
+        strongest = adapted(entries[-1], ctx.model).label if len(entries) > 1 else None
+        large = None if _costly_first(emp, ctx.model) else emp.large_eps
         found += run_checks(
             result=r, num_classes=ctx.num_classes, expected_clean=expected,
-            eps_large=emp.large_eps, large_norm=emp.norm if emp.large_eps else None,
+            eps_large=large, large_norm=emp.norm if large else None,
             weaker=weaker if strongest else None,
             stronger=_label_selector(strongest) if strongest else None,
             convergence_eps=emp.eps if strongest else None, warn=False)
@@ -419,6 +461,16 @@ def outcome_label(params: Mapping[str, Any]) -> str:
     threat = params.get("threat", {}) if isinstance(params, Mapping) else {}
     return attack_label(str(params.get("name", "?")), threat.get("steps"),
                         params.get("restarts"))
+
+
+def _labels_at(r: EvalResult, norm: str, eps: float) -> list[str]:
+    """The distinct attack labels of the outcomes at ``(norm, eps)``, in record order."""
+    out: list[str] = []
+    for o in r.select(norm=norm, eps=eps):
+        lab = outcome_label(o.params)
+        if lab not in out:
+            out.append(lab)
+    return out
 
 
 def _label_selector(label: str) -> Callable[[Any], bool]:
@@ -453,19 +505,29 @@ def build_row(
         r = results[emp.norm]
         clean = float(r.clean_correct.double().mean())
         key = f"{emp.norm}/{emp.eps:g}"
-        for a in emp.attacks:
+        for label in _labels_at(r, emp.norm, emp.eps):
             sel = [o for o in r.select(norm=emp.norm, eps=emp.eps)
-                   if outcome_label(o.params) == a.label]
+                   if outcome_label(o.params) == label]
             part = EvalResult(index=r.index, labels=r.labels, clean_pred=r.clean_pred,
                               outcomes=tuple(sel))
-            row[f"robust_acc/{key}/{a.label}"] = float(part.adv_correct(emp.eps)
-                                                       .double().mean())
+            row[f"robust_acc/{key}/{label}"] = float(part.adv_correct(emp.eps)
+                                                     .double().mean())
+            if sel[0].draws > 1:
+                row[f"draw_spread/{key}/{label}"] = part.draw_spread(attack=sel[0].attack,
+                                                                     norm=emp.norm,
+                                                                     eps=emp.eps)
         m = minimal.get(emp.norm)
         if m is not None:
             # the minimal attack's points within eps break points too (the worst case)
             row[f"robust_acc/{key}/{m.outcomes[0].attack.upper()}"] = float(
                 m.adv_correct(emp.eps, norm=emp.norm).double().mean())
             for o in m.outcomes:
+                # a randomized defense's clean pass differs between the two records: a
+                # point wrong in the attacks' clean pass stays as it is there
+                ok = r.clean_correct
+                o = dataclasses.replace(
+                    o, adv_pred=torch.where(ok, o.adv_pred, r.clean_pred),
+                    perturbation=torch.where(ok, o.perturbation, 0.0))
                 r = r.with_outcome(o)
         row[f"robust_acc/{key}/worst"] = float(r.adv_correct(emp.eps, norm=emp.norm)
                                                .double().mean())
@@ -525,6 +587,17 @@ def robustbench_card(row: Mapping[str, Any], protocol: Protocol, config: Any
     }
 
 
+def _defense_choice(defense: ResolvedDefense, out: Path) -> DefenseChoice | None:
+    """The pre-processing defense a ``base`` entry puts in front of its base's model."""
+    pre = defense.entry.preprocess
+    if pre is None:
+        return None
+    if pre.from_ is not None:
+        assert defense.defense_from is not None
+        return DefenseChoice(from_run=str(defense.defense_from.trained_run(out)))
+    return DefenseChoice(name=pre.name, options=dict(pre.options))
+
+
 def run_defense(defense: ResolvedDefense, suite: Suite, out: Path,
                 hooks: BenchHooks | None = None) -> dict[str, Any]:
     """Train or load one defense, evaluate, certify and check it; return its row.
@@ -534,11 +607,23 @@ def run_defense(defense: ResolvedDefense, suite: Suite, out: Path,
     hooks = hooks or BenchHooks()
     p = suite.protocol
     folder_root = out / defense.name
-    if defense.entry.init_from is not None:
+    if defense.init_defense is not None:
         defense = dataclasses.replace(defense, config=dataclasses.replace(
-            defense.config, init_from=str(out / defense.entry.init_from)))
-    if defense.run_dir is None:
-        run_dir = folder_root
+            defense.config, init_from=str(defense.init_defense.trained_run(out))))
+    choice = _defense_choice(defense, out)
+    if defense.base is not None:
+        run_dir = defense.base.trained_run(out)
+        for needed in (run_dir, *([Path(choice.from_run)] if choice.from_run else [])):
+            if checkpoint_dir(needed, "last") is None:
+                raise MissingFileError(
+                    f"defense {defense.name!r} needs the trained run {needed}, which has no "
+                    "checkpoint yet; bench the defenses it names first (or together: --only "
+                    "with both names)")
+        what = choice.name or f"the defense of {choice.from_run}"
+        source = f"{defense.base.name} behind {what}"
+        init_distributed(resolve_device(defense.config.device))
+    elif defense.run_dir is None:
+        run_dir = defense.trained_run(out)
         on_batch, on_epoch, close = hooks.train(defense.name, defense.config.epochs)
         hooks.stage(defense.name, "train", "start")
         try:
@@ -560,10 +645,14 @@ def run_defense(defense: ResolvedDefense, suite: Suite, out: Path,
     device = resolve_device(defense.config.device)
     model = load_model(run_dir, "last", device)
     test = load_dataset(defense.config.dataset, "test", defense.config.data_dir)
+    base = {"config": config_hash(defense.config), "weights": _weights_hash(run_dir)}
+    if choice is not None:
+        model = choice.apply(model, test.shape[0], device)
+        base["defense"] = stable_hash({**choice.to_dict(), "from_run": None, "weights": (
+            _weights_hash(Path(choice.from_run)) if choice.from_run else None)})
     n = min(p.n_test, len(test))
     if n < p.n_test:
         log.warning("the test set has only %d points; protocol n_test %d", n, p.n_test)
-    base = {"config": config_hash(defense.config), "weights": _weights_hash(run_dir)}
     ctx = _Context(defense, p, run_dir, _Stages(bench_dir), hooks, model,
                    test.images[:n], test.labels[:n], test.num_classes, base)
     results: dict[str, EvalResult] = {}

@@ -66,11 +66,14 @@ class AttackEntry:
     objective: Literal["ce", "margin", "dlr"] = "ce"
     step_size: float | None = None
 
-    def spec(self, eps: float, norm: str, num_classes: int) -> AttackSpec:
-        """The ``AttackSpec`` of this attack at radius ``eps`` of ``norm``."""
+    def spec(self, eps: float, norm: str, num_classes: int, *, draws: int = 1,
+             eot_samples: int | None = None) -> AttackSpec:
+        """The ``AttackSpec`` of this attack at radius ``eps`` of ``norm``; ``draws``
+        judges a randomized defense over that many passes, ``eot_samples`` is EOT-PGD's."""
         return AttackSpec(name=self.name, threat=ThreatModel(
             eps=eps, norm=norm, steps=self.steps, step_size=self.step_size),
-            restarts=self.restarts, objective=self.objective, num_classes=num_classes)
+            restarts=self.restarts, objective=self.objective, num_classes=num_classes,
+            draws=draws, eot_samples=eot_samples if self.name == "eot-pgd" else None)
 
     @property
     def label(self) -> str:
@@ -79,9 +82,12 @@ class AttackEntry:
 
 
 def attack_label(name: str, steps: int | None, restarts: int | None) -> str:
-    """``PGD-20``, ``PGD-50x3``, ``FGSM``, ``APGD-CE-100``, ``AutoAttack``."""
+    """``PGD-20``, ``PGD-50x3``, ``FGSM``, ``APGD-CE-100``, ``AutoAttack``, ``BPDA-PGD-20``,
+    ``EOT-PGD-20``, ``AutoAttack-rand``."""
     if name == "autoattack":
         return "AutoAttack"
+    if name == "autoattack-rand":
+        return "AutoAttack-rand"
     if name == "fgsm":
         return "FGSM"
     base = f"{name.upper()}-{steps}"
@@ -90,9 +96,10 @@ def attack_label(name: str, steps: int | None, restarts: int | None) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class MinimalEntry:
-    """The minimal-perturbation attack behind the average perturbation (eq. 3)."""
+    """The minimal-perturbation attack behind the average perturbation (eq. 3): FMN
+    (L-inf, L2), DDN (L2 only; Rony et al. 2019) or PGD bisection."""
 
-    attack: Literal["fmn", "bisection"] = "fmn"
+    attack: Literal["fmn", "ddn", "bisection"] = "fmn"
     steps: int = 100
 
 
@@ -109,6 +116,20 @@ class EmpiricalProtocol:
         large_eps: a radius at which robust accuracy should be near 0 (check), or None.
         minimal: the minimal attack of the average perturbation, or None.
         examples: how many clean/adversarial pairs the report shows.
+        eot_samples: EOT draws per gradient step against a randomized defense.
+        draws: passes a randomized defense is judged over (robust only if all correct).
+        plain: on a defended model, the plain (non-adaptive) counterpart of ``"all"``
+            adapted attacks at eps, or of the ``"first"`` only.
+        costly: a defense that declares itself ``costly`` (TV minimisation: an iterative
+            solve in every forward pass, times EOT's draws) gets ``"all"`` attacks and radii,
+            or only the ``"first"`` attack (adapted and plain) at eps.
+
+    A model behind a pre-processing defense gets, for each attack, the adaptive attack its
+    defense's declarations call for (``attacks.eot.adaptive_attack_for``: EOT-PGD for a
+    randomized defense, BPDA-PGD for a non-differentiable one, AutoAttack-rand) beside the
+    plain attack at ``eps``, so the table shows the gap a plain attack leaves (Athalye,
+    Carlini and Wagner 2018); the curve and the large-eps check use the adaptive first
+    attack.
     """
 
     norm: Literal["linf", "l2"] = "linf"
@@ -118,6 +139,10 @@ class EmpiricalProtocol:
     large_eps: float | None = None
     minimal: MinimalEntry | None = field(default_factory=MinimalEntry)
     examples: int = 8
+    eot_samples: int = 10
+    draws: int = 10
+    plain: Literal["all", "first"] = "all"
+    costly: Literal["all", "first"] = "all"
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= (1.0 if self.norm == "linf" else 100.0):
@@ -128,8 +153,14 @@ class EmpiricalProtocol:
             raise ConfigError(f"curve radii must be > 0, got {list(self.curve)}")
         if self.large_eps is not None and self.large_eps <= self.eps:
             raise ConfigError(f"large_eps ({self.large_eps}) must exceed eps ({self.eps})")
+        if self.eot_samples < 1 or self.draws < 1:
+            raise ConfigError(f"eot_samples and draws must be >= 1, got {self.eot_samples}, "
+                              f"{self.draws}")
         if not 0 <= self.examples <= 64:
             raise ConfigError(f"examples must be in [0, 64], got {self.examples}")
+        if self.minimal is not None and self.minimal.attack == "ddn" and self.norm != "l2":
+            raise ConfigError(f"minimal: ddn is an L2 attack; for norm {self.norm!r} use "
+                              "fmn or bisection")
         labels = [a.label for a in self.attacks]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"attacks: two attacks with the same settings ({labels})")
@@ -210,22 +241,67 @@ class Protocol:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PreprocessEntry:
+    """A pre-processing defense of a suite entry: ``name`` and ``options`` of an untrained
+    defense (``tv``, ``resize-pad``, ``bit-depth``, ``jpeg``), or ``from`` an earlier
+    defense of the suite whose run trained one (the guided denoiser's recipe)."""
+
+    name: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    from_: str | None = None  # YAML key ``from``
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.from_ is None):
+            raise ConfigError("preprocess: give exactly one of name (a defense) or from "
+                              "(an earlier defense of the suite that trained one)")
+        if self.name is not None:
+            from bastion.preprocess.registry import resolved_options
+
+            try:
+                resolved_options(self.name, self.options)
+            except BastionError as err:
+                raise ConfigError(f"preprocess: {err}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
 class DefenseEntry:
-    """A defense: a training recipe with overrides, or an existing run folder.
+    """A defense: a training recipe with overrides, an existing run folder, or an earlier
+    defense's model behind a pre-processing defense.
 
     ``init_from`` names an earlier defense of the suite whose trained model initialises
     this one (fine-tuning, e.g. MACER from the Gaussian-noise model); it replaces the
-    recipe's own ``init_from`` by that defense's run folder.
+    recipe's own ``init_from`` by that defense's run folder. ``train_dir`` (relative to
+    the suite file) is where a recipe trains, instead of ``<out>/<name>``: two suites
+    that name the same folder and recipe share one training (the second resumes the
+    finished run, training nothing). ``base`` with ``preprocess``
+    evaluates the trained model of the earlier defense ``base`` behind ``preprocess``,
+    with no training (``{name: standard+tv, base: standard, preprocess: {name: tv}}``).
     """
 
     name: str
     recipe: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     run: str | None = None
+    train_dir: str | None = None
     init_from: str | None = None
+    base: str | None = None
+    preprocess: PreprocessEntry | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
+        if self.base is not None:
+            if self.preprocess is None or self.recipe is not None or self.run is not None:
+                raise ConfigError(f"defense {self.name!r}: base (an earlier defense whose "
+                                  "trained model this one puts behind a pre-processing "
+                                  "defense) needs preprocess and no recipe or run")
+            return
+        if self.preprocess is not None:
+            raise ConfigError(f"defense {self.name!r}: preprocess needs base (the earlier "
+                              "defense whose model it defends); a recipe trained with a "
+                              "defense in front sets it in the recipe's own preprocess key")
+        if self.train_dir is not None and self.recipe is None:
+            raise ConfigError(f"defense {self.name!r}: train_dir (the run folder a recipe "
+                              "trains into, shared with another suite) needs a recipe")
         if self.init_from is not None and self.recipe is None:
             raise ConfigError(f"defense {self.name!r}: init_from (an earlier defense whose "
                               "model initialises this one) needs a recipe")
@@ -259,6 +335,13 @@ class Suite:
         if dup:
             raise ConfigError(f"defense names must be unique; repeated: {dup}")
         for i, d in enumerate(self.defenses):
+            if d.base is not None and d.base not in names[:i]:
+                raise ConfigError(f"defense {d.name!r}: base {d.base!r} must name an earlier "
+                                  f"defense of the suite ({names[:i]})")
+            src = d.preprocess.from_ if d.preprocess is not None else None
+            if src is not None and src not in names[:i]:
+                raise ConfigError(f"defense {d.name!r}: preprocess.from {src!r} must name an "
+                                  f"earlier defense of the suite ({names[:i]})")
             if d.init_from is not None and d.init_from not in names[:i]:
                 raise ConfigError(f"defense {d.name!r}: init_from {d.init_from!r} must name "
                                   f"an earlier defense of the suite ({names[:i]})")
@@ -275,10 +358,23 @@ class ResolvedDefense:
     entry: DefenseEntry
     config: TrainConfig
     run_dir: Path | None
+    base: ResolvedDefense | None = None
+    defense_from: ResolvedDefense | None = None
+    train_dir: Path | None = None
+    init_defense: ResolvedDefense | None = None
 
     @property
     def name(self) -> str:
         return self.entry.name
+
+    def trained_run(self, out: Path) -> Path:
+        """The run folder holding this defense's trained weights (a bench trains a recipe
+        into ``<out>/<name>``; a ``base`` entry uses its base's)."""
+        if self.base is not None:
+            return self.base.trained_run(out)
+        if self.run_dir is not None:
+            return self.run_dir
+        return self.train_dir if self.train_dir is not None else out / self.name
 
 
 def config_hash(cfg: TrainConfig) -> str:
@@ -319,14 +415,30 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def _resolve(entry: DefenseEntry, base: Path, where: str) -> ResolvedDefense:
+def _resolve(entry: DefenseEntry, base: Path, where: str,
+             earlier: dict[str, ResolvedDefense]) -> ResolvedDefense:
     try:
+        if entry.base is not None:
+            assert entry.preprocess is not None
+            src = entry.preprocess.from_
+            if src is not None and earlier[src].config.preprocess is None:
+                raise ConfigError(f"preprocess.from {src!r}: that defense trains no "
+                                  "pre-processing defense (its config has no preprocess)")
+            if earlier[entry.base].config.preprocess is not None:
+                raise ConfigError(f"base {entry.base!r} is itself a defended run; put the "
+                                  "pre-processing defense in front of an undefended model")
+            return ResolvedDefense(entry, earlier[entry.base].config, None,
+                                   base=earlier[entry.base],
+                                   defense_from=earlier[src] if src is not None else None)
         if entry.recipe is not None:
             path = (base / entry.recipe).resolve()
             if not path.is_file():
                 raise MissingFileError(f"recipe {entry.recipe!r} not found (looked for {path})")
             data = apply_overrides(read_config_file(path), _flatten(entry.overrides))
-            return ResolvedDefense(entry, validate(from_dict(TrainConfig, data)), None)
+            train_dir = (base / entry.train_dir).resolve() if entry.train_dir else None
+            return ResolvedDefense(entry, validate(from_dict(TrainConfig, data)), None,
+                                   train_dir=train_dir,
+                                   init_defense=earlier.get(entry.init_from or ""))
         run_dir = (base / str(entry.run)).resolve()
         if not run_dir.is_dir():
             raise MissingFileError(f"run folder {entry.run!r} not found (looked for {run_dir})")
@@ -347,7 +459,10 @@ def load_suite(path: str | Path) -> tuple[Suite, list[ResolvedDefense]]:
         suite = from_dict(Suite, data, "suite")
     except BastionError as err:
         raise type(err)(f"{path}: {err}") from None
-    resolved = [_resolve(d, path.resolve().parent, str(path)) for d in suite.defenses]
+    resolved: list[ResolvedDefense] = []
+    for d in suite.defenses:
+        resolved.append(_resolve(d, path.resolve().parent, str(path),
+                                 {r.name: r for r in resolved}))
     datasets = sorted({r.config.dataset for r in resolved})
     if len(datasets) > 1:
         raise ConfigError(f"{path}: the defenses use several datasets ({datasets}); a suite "
@@ -365,6 +480,7 @@ __all__ = [
     "CertifiedProtocol",
     "DefenseEntry",
     "EmpiricalProtocol",
+    "PreprocessEntry",
     "MinimalEntry",
     "Protocol",
     "ResolvedDefense",

@@ -21,6 +21,7 @@ from bastion.train.consistency import Consistency
 from bastion.train.cure import CURE
 from bastion.train.fat import FAT
 from bastion.train.gaussian_noise import GaussianNoise, NoiseAugmentation
+from bastion.train.hgd import HGD
 from bastion.train.macer import MACER
 from bastion.train.pgd_at import PGDAT
 from bastion.train.regenerate import RegeneratedAT
@@ -41,6 +42,7 @@ METHODS: dict[str, type] = {
     "cat": CAT,
     "regenerate": RegeneratedAT,
     "macer": MACER,
+    "hgd": HGD,
 }
 
 
