@@ -70,7 +70,7 @@ def test_plain_and_adaptive_attacks_side_by_side(rows):
     assert "zero-gradients" in bits["flags"]
     # resize-pad: randomized, so EOT-PGD, both judged over 4 draws, with the spread
     assert f"{key}/EOT-PGD-10" in rp and f"{key}/PGD-10" in rp
-    spread = rp[f"draw_spread/linf/0.2/EOT-PGD-10"]
+    spread = rp["draw_spread/linf/0.2/EOT-PGD-10"]
     assert spread["draws"] == 4 and spread["all"] <= spread["mean"] <= spread["any"]
     assert "randomized-outputs" in rp["flags"]
     for row in (bits, rp):
