@@ -573,8 +573,12 @@ def eval_record_path(
     """Where ``evaluate_run`` saves the record of ``attack`` on the first ``n`` test points
     (``eval/<defense tag>/`` for a defense added at evaluation time)."""
     name = f"{attack.name}-{attack.norm}-eps{attack.eps:g}-steps{attack.steps}-n{n}-{which}.json"
+    return _eval_folder(run_dir, defense) / name
+
+
+def _eval_folder(run_dir: str | os.PathLike, defense: DefenseChoice | None) -> Path:
     folder = Path(run_dir) / "eval"
-    return (folder / defense.tag() if defense is not None else folder) / name
+    return folder / defense.tag() if defense is not None else folder
 
 
 def evaluate_run(
@@ -645,9 +649,7 @@ def _with_run_params(result: EvalResult, model: nn.Module, which: Which, n: int,
 def minimal_record_path(run_dir: str | os.PathLike, attack: str, norm: str, steps: int, n: int,
                         which: Which = "last", defense: DefenseChoice | None = None) -> Path:
     """Where ``evaluate_minimal_run`` saves its record."""
-    name = f"{attack}-{norm}-steps{steps}-n{n}-{which}.json"
-    folder = Path(run_dir) / "eval"
-    return (folder / defense.tag() if defense is not None else folder) / name
+    return _eval_folder(run_dir, defense) / f"{attack}-{norm}-steps{steps}-n{n}-{which}.json"
 
 
 def evaluate_minimal_run(

@@ -27,6 +27,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from bastion.errors import InputError
+
 
 class Preprocessor(nn.Module):
     """Base class of the pre-processing defenses; subclasses implement ``forward``.
@@ -90,6 +92,15 @@ class Defended(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.preprocessor(x))
+
+
+def check_batch(x: torch.Tensor) -> None:
+    """``InputError`` unless ``x`` is a floating-point ``[N, C, H, W]`` batch (the shape
+    and dtype only: a defense's forward runs inside attack loops, so no range scan)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        got = (f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
+               else type(x).__name__)
+        raise InputError(f"x must be a floating-point [N, C, H, W] batch in [0, 1], got {got}")
 
 
 def preprocessor_of(model: nn.Module) -> Preprocessor | None:

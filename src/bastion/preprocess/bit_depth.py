@@ -26,7 +26,7 @@ import torch
 
 from bastion._validate import check_int
 from bastion.errors import InputError
-from bastion.preprocess.base import Preprocessor
+from bastion.preprocess.base import Preprocessor, check_batch
 
 
 class BitDepthReduction(Preprocessor):
@@ -70,11 +70,7 @@ class BitDepthReduction(Preprocessor):
         return f"bits={self.bits}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-            got = (f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
-                   else type(x).__name__)
-            raise InputError(f"x must be a floating-point [N, C, H, W] batch in [0, 1], "
-                             f"got {got}")
+        check_batch(x)
         top = float(self.levels - 1)
         return torch.round(x.clamp(0.0, 1.0) * top) / top
 

@@ -31,7 +31,7 @@ from torchvision.io import decode_jpeg, encode_jpeg
 
 from bastion._validate import check_int
 from bastion.errors import InputError
-from bastion.preprocess.base import Preprocessor
+from bastion.preprocess.base import Preprocessor, check_batch
 
 CHANNELS = (1, 3)
 
@@ -71,11 +71,7 @@ class JPEGCompression(Preprocessor):
         return f"quality={self.quality}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-            got = (f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
-                   else type(x).__name__)
-            raise InputError(f"x must be a floating-point [N, C, H, W] batch in [0, 1], "
-                             f"got {got}")
+        check_batch(x)
         if x.shape[1] not in CHANNELS:
             raise InputError(f"JPEG compression needs 1 (grey) or 3 (RGB) channels, got "
                              f"{x.shape[1]} (input shape {tuple(x.shape)})")

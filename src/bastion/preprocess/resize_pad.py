@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from bastion._validate import check_choice, check_int
 from bastion.errors import InputError
-from bastion.preprocess.base import Preprocessor
+from bastion.preprocess.base import Preprocessor, check_batch
 
 MODES = ("bilinear", "nearest")
 
@@ -145,7 +145,7 @@ class RandomResizePad(Preprocessor):
         One interpolation call per distinct size in the batch (at most
         ``max_size - min_size`` of them), one for the resize back to H x W.
         """
-        _check_batch(x)
+        check_batch(x)
         n, c, h, w = x.shape
         if d.sizes.shape != (n,):
             raise InputError(f"the draw has {tuple(d.sizes.shape)} sizes for a batch of {n}")
@@ -165,15 +165,8 @@ class RandomResizePad(Preprocessor):
         return self._resize(canvas, (h, w)).clamp(0.0, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_batch(x)
+        check_batch(x)
         return self.transform(x, self.draw(x.shape[0], x.device))
-
-
-def _check_batch(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        got = (f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
-               else type(x).__name__)
-        raise InputError(f"x must be a floating-point [N, C, H, W] batch in [0, 1], got {got}")
 
 
 __all__ = ["MODES", "RandomResizePad", "ResizePadDraw"]
