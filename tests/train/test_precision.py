@@ -150,6 +150,12 @@ class _LossDtypes:
 def test_every_method_trains_in_bf16_with_an_fp32_loss(name: str) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    if name == "hgd":  # trains a denoiser in front of a frozen classifier
+        from bastion.preprocess import Defended
+        from bastion.preprocess.hgd import GuidedDenoiser
+
+        model = Defended(GuidedDenoiser(in_channels=1, width=4, depth=1), model,
+                         frozen_model=True)
     opts = {"threat": {"steps": 2}} if "threat" in METHODS[name].__dataclass_fields__ else {}
     rec = _LossDtypes(build_method(name, **opts))
     _fit(model, rec, precision="bf16", subset=128)
