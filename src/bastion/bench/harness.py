@@ -457,7 +457,17 @@ def _run_checks(ctx: _Context, results: Mapping[str, EvalResult],
 
 
 def outcome_label(params: Mapping[str, Any]) -> str:
-    """The column label of an outcome from its recorded params (``PGD-20``, ...)."""
+    """The column label of an outcome from its recorded params (``PGD-20``, ...), with
+    `` (BPDA)`` where the attack ran through BPDA without its name saying so (AutoAttack
+    and EOT-PGD against a non-differentiable defense)."""
+    label = _attack_label_of(params)
+    name = params.get("name") if isinstance(params, Mapping) else None
+    if isinstance(params, Mapping) and params.get("bpda") and name != "bpda-pgd":
+        label += " (BPDA)"
+    return label
+
+
+def _attack_label_of(params: Mapping[str, Any]) -> str:
     threat = params.get("threat", {}) if isinstance(params, Mapping) else {}
     return attack_label(str(params.get("name", "?")), threat.get("steps"),
                         params.get("restarts"))
@@ -474,7 +484,7 @@ def _labels_at(r: EvalResult, norm: str, eps: float) -> list[str]:
 
 
 def _label_selector(label: str) -> Callable[[Any], bool]:
-    return lambda o: outcome_label(o.params) == label
+    return lambda o: _attack_label_of(o.params) == label  # the suite entry's label
 
 
 # ------------------------------------------------------------------------------ the row
