@@ -226,8 +226,11 @@ def adapted(entry: AttackEntry, model: nn.Module) -> AttackEntry:
 
 
 def _costly_first(emp: EmpiricalProtocol, model: nn.Module) -> bool:
+    """Whether ``model``'s defense gets only the first attack at eps (``emp.costly``,
+    ``emp.randomized``)."""
     pre = preprocessor_of(model)
-    return pre is not None and pre.costly and emp.costly == "first"
+    return pre is not None and ((pre.costly and emp.costly == "first")
+                                or (pre.randomized and emp.randomized == "first"))
 
 
 def _plan(emp: EmpiricalProtocol, model: nn.Module) -> tuple[list[AttackEntry], list[float]]:

@@ -123,6 +123,9 @@ class EmpiricalProtocol:
         costly: a defense that declares itself ``costly`` (TV minimisation: an iterative
             solve in every forward pass, times EOT's draws) gets ``"all"`` attacks and radii,
             or only the ``"first"`` attack (adapted and plain) at eps.
+        randomized: the same for a defense that declares itself ``randomized`` (its
+            AutoAttack, the rand version, runs 20 EOT draws per step: about 2,000 passes
+            per point against EOT-PGD-20's 200).
 
     A model behind a pre-processing defense gets, for each attack, the adaptive attack its
     defense's declarations call for (``attacks.eot.adaptive_attack_for``: EOT-PGD for a
@@ -143,6 +146,7 @@ class EmpiricalProtocol:
     draws: int = 10
     plain: Literal["all", "first"] = "all"
     costly: Literal["all", "first"] = "all"
+    randomized: Literal["all", "first"] = "all"
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= (1.0 if self.norm == "linf" else 100.0):
