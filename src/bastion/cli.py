@@ -186,7 +186,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         robust = float(result.adv_correct().double().mean())
         o = result.outcomes[0]
         bpda = o.params.get("bpda") and attack.name != "bpda-pgd"
-        how = f"{attack.name}-{attack.steps}" + (" + BPDA" if bpda else "")
+        how = (attack.name if attack.name in ("autoattack", "autoattack-rand")  # fixed steps
+               else f"{attack.name}-{attack.steps}") + (" + BPDA" if bpda else "")
         if attack.draws > 1:
             how += f", robust on all {attack.draws} draws"
         rows.append((f"robust accuracy ({how}, {attack.norm} eps {attack.eps:g})",
