@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+from recipes import cpu_model  # benchmarks/recipes.py (this folder is on sys.path)
 
 from bastion.attacks.eot import BPDA, adaptive_attack_for
 from bastion.attacks.spec import AttackSpec
@@ -41,16 +41,6 @@ def _best(f, repeats: int) -> float:
         f()
         times.append(time.perf_counter() - t0)
     return min(times)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -97,7 +87,7 @@ def main() -> None:
                      "ms_per_image_forward": 1e3 * t_fwd,
                      "ms_per_image_forward_backward": 1e3 * t_fb, "attack": attack,
                      "attack_passes_per_point": passes, "ms_per_point_attack": 1e3 * t_attack})
-    out = {"n": args.n, "threads": torch.get_num_threads(), "cpu": _cpu(),
+    out = {"n": args.n, "threads": torch.get_num_threads(), "cpu": cpu_model() or "unknown",
            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
            "torch": torch.__version__, "classifier_ms_per_image_forward": 1e3 * base,
            "rows": rows}

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from recipes import cpu_model  # benchmarks/recipes.py (this folder is on sys.path)
 
 from bastion.preprocess.tv import TVMinimization, tv_objective
 
@@ -68,17 +69,6 @@ def load_images(n: int) -> torch.Tensor:
     if n > len(ds.images):
         sys.exit(f"tv_vs_art: --n {n} is more than the {len(ds.images)} test images")
     return ds.images[:n].clone()
-
-
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def thread_cap(threads: int) -> contextlib.AbstractContextManager[object]:

@@ -38,6 +38,15 @@ def cfg(**changes) -> TrainConfig:
     return from_dict(TrainConfig, {**json.loads(json.dumps(BASE)), **changes})
 
 
+def hgd_cfg(classifier_run) -> TrainConfig:
+    """One epoch of the guided denoiser in front of ``classifier_run``'s frozen model."""
+    return cfg(
+        method="hgd", init_from=str(classifier_run), epochs=1,
+        optim={"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
+        method_options={"eps": [0.1], "attacks": ["fgsm"]},
+        preprocess={"name": "hgd", "options": {"width": 4, "depth": 1}, "freeze_model": True})
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A standard classifier run and an HGD run trained in front of it."""
@@ -45,12 +54,7 @@ def runs(tmp_path_factory):
     std = root / "standard"
     train_from_config(cfg(), std)
     hgd = root / "hgd"
-    train_from_config(cfg(
-        method="hgd", init_from=str(std), epochs=1, optim={"name": "adam", "lr": 1e-3,
-                                                          "weight_decay": 0.0},
-        method_options={"eps": [0.1], "attacks": ["fgsm"]},
-        preprocess={"name": "hgd", "options": {"width": 4, "depth": 1},
-                    "freeze_model": True}), hgd)
+    train_from_config(hgd_cfg(std), hgd)
     return std, hgd
 
 
@@ -93,12 +97,7 @@ def test_hgd_run_trains_only_the_denoiser_and_loads_as_the_composition(runs):
 def test_resuming_a_finished_defended_run_trains_nothing(runs):
     std, hgd = runs
     before = (hgd / "checkpoints" / "last.json").read_text()
-    train_from_config(cfg(
-        method="hgd", init_from=str(std), epochs=1, optim={"name": "adam", "lr": 1e-3,
-                                                          "weight_decay": 0.0},
-        method_options={"eps": [0.1], "attacks": ["fgsm"]},
-        preprocess={"name": "hgd", "options": {"width": 4, "depth": 1},
-                    "freeze_model": True}), hgd)
+    train_from_config(hgd_cfg(std), hgd)
     assert (hgd / "checkpoints" / "last.json").read_text() == before
 
 

@@ -31,6 +31,17 @@ def _ctx(epoch: int = 0, epochs: int = 1, seed: int = 0) -> StepContext:
     return StepContext(epoch=epoch, epochs=epochs, generator=torch.Generator().manual_seed(seed))
 
 
+def _assert_step_leaves_model_and_input_as_they_were(out, model, x) -> None:
+    """The logs are detached, the model's modes and gradients untouched by the step, and
+    the loss's backward reaches every parameter but not the input."""
+    assert all(not torch.is_tensor(v) or not v.requires_grad for v in out.logs.values())
+    assert all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert x.grad is None
+
+
 def test_early_stop_takes_fewer_steps_than_full_pgd_and_logs_them():
     # An untrained net misclassifies most digits from the start: PGD-K-0 stops them at once.
     model = _mlp()
@@ -111,12 +122,7 @@ def test_loss_finite_grads_reach_params_not_inputs_and_mode_restored(attack):
     x = x.clone().requires_grad_(True)
     out = FAT(threat=ThreatModel(eps=0.1, steps=5), attack=attack)(model, x, y, ctx=_ctx())
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
-    assert all(not torch.is_tensor(v) or not v.requires_grad for v in out.logs.values())
-    assert all(m.training for m in model.modules())
-    assert all(p.grad is None for p in model.parameters())
-    out.loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    assert x.grad is None
+    _assert_step_leaves_model_and_input_as_they_were(out, model, x)
 
 
 def test_minimal_attack_trains_on_fmn_example_capped_at_eps():
@@ -166,12 +172,7 @@ def test_ddn_option_loss_finite_grads_and_examples_within_eps():
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     assert "tau" not in out.logs and float(out.logs["num_steps"]) == 10
     assert 0 < float(out.logs["adv_norm"]) <= eps + 1e-5
-    assert all(not torch.is_tensor(v) or not v.requires_grad for v in out.logs.values())
-    assert all(m.training for m in model.modules())
-    assert all(p.grad is None for p in model.parameters())
-    out.loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    assert x.grad is None
+    _assert_step_leaves_model_and_input_as_they_were(out, model, x)
 
 
 def test_ddn_option_trains_on_ddn_minimal_examples_capped_at_eps():
