@@ -64,11 +64,27 @@ def _hgd_model() -> torch.nn.Module:
     return Defended(denoiser, classifier, frozen_model=True)
 
 
+def _lipschitz_model() -> torch.nn.Module:
+    """GloRo bounds the network it trains as a chain of layers of known constant, which
+    the generic model (train-mode BatchNorm, average pooling) is not: a small
+    spectrally normalised ``lipschitz-cnn`` for the tiny data, in train mode, with a fixed
+    seed that leaves the caller's global RNG alone."""
+    from bastion.models import build
+    from tests.contracts._tiny import NUM_CLASSES, SHAPE
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build("lipschitz-cnn", num_classes=NUM_CLASSES, in_channels=SHAPE[0],
+                      input_size=SHAPE[1:], mean=(0.5,), std=(0.25,), channels=(4, 8),
+                      hidden=(8,), constraint="spectral")
+    return model.train()
+
+
 # Methods that cannot train the generic ``fitted_model`` and the model each is driven with
 # instead (built the same way on every call). Add an entry only for a method whose model
 # must have another structure (a defense in front of a classifier), never to make a test
 # pass or run faster; the contract itself is the same.
-MODELS: dict[str, Callable[[], torch.nn.Module]] = {"hgd": _hgd_model}
+MODELS: dict[str, Callable[[], torch.nn.Module]] = {"hgd": _hgd_model, "gloro": _lipschitz_model}
 
 
 def _model(name: str) -> torch.nn.Module:

@@ -31,6 +31,8 @@ FAST_KWARGS: dict[str, dict[str, object]] = {
     "preact-resnet18": {"width": 8},
     "wide-resnet": {"depth": 10, "widen_factor": 1},
     "mlp": {"hidden": (16,)},
+    "lipschitz-cnn": {"channels": (8, 8), "hidden": (16,)},
+    "lipschitz-mlp": {"hidden": (16,)},
 }
 
 
@@ -58,6 +60,8 @@ def test_fast_kwargs_cover_registry() -> None:
             "preact-resnet18",
             "wide-resnet",
             "mlp",
+            "lipschitz-cnn",
+            "lipschitz-mlp",
         }
     )
 

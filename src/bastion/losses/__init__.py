@@ -12,6 +12,15 @@ from bastion.losses.cure import (
     input_gradient,
     per_example_ce,
 )
+from bastion.losses.gloro import (
+    bottom_logit,
+    gloro_logits,
+    gloro_predict,
+    topk_certified,
+    topk_margins,
+    topk_vra,
+)
+from bastion.losses.hinge_kr import hinge_kr_loss, hinge_term, kr_term, multiclass_hinge
 from bastion.losses.macer import (
     MacerTerms,
     macer_loss,
@@ -35,6 +44,16 @@ __all__ = [
     "HardNegatives",
     "MacerTerms",
     "angular_distance",
+    "bottom_logit",
+    "gloro_logits",
+    "gloro_predict",
+    "hinge_kr_loss",
+    "hinge_term",
+    "kr_term",
+    "multiclass_hinge",
+    "topk_certified",
+    "topk_margins",
+    "topk_vra",
     "curvature_direction",
     "curvature_penalty",
     "embedding_norm_penalty",

@@ -17,6 +17,7 @@ from torch import nn
 
 from bastion.errors import InputError, InputTypeError
 from bastion.models.lenet import LeNet
+from bastion.models.lipschitz.networks import LipschitzCNN, LipschitzMLP
 from bastion.models.mlp import MLP
 from bastion.models.normalize import Normalize, _as_hw, _check_positive_int
 from bastion.models.preact_resnet import PreActResNet18
@@ -29,6 +30,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "preact-resnet18": PreActResNet18,
     "wide-resnet": WideResNet,
     "mlp": MLP,
+    "lipschitz-cnn": LipschitzCNN,
+    "lipschitz-mlp": LipschitzMLP,
 }
 """Architectures by name. Each takes ``num_classes`` and ``in_channels``, plus
 ``input_size`` when its flatten size depends on it, plus its own keyword arguments."""

@@ -21,7 +21,9 @@ from bastion.train.consistency import Consistency
 from bastion.train.cure import CURE
 from bastion.train.fat import FAT
 from bastion.train.gaussian_noise import GaussianNoise, NoiseAugmentation
+from bastion.train.gloro import GloRo
 from bastion.train.hgd import HGD
+from bastion.train.hkr import HingeKR
 from bastion.train.macer import MACER
 from bastion.train.pgd_at import PGDAT
 from bastion.train.regenerate import RegeneratedAT
@@ -43,6 +45,8 @@ METHODS: dict[str, type] = {
     "regenerate": RegeneratedAT,
     "macer": MACER,
     "hgd": HGD,
+    "gloro": GloRo,
+    "hkr": HingeKR,
 }
 
 

@@ -1,0 +1,263 @@
+"""Deterministic L2 certificates from Lipschitz bounds: one forward pass per input.
+
+For a chain network with pairwise constants ``K_yj >= Lip(f_y - f_j)``
+(``bastion.models.lipschitz.bound``), the prediction ``y = argmax f(x)`` cannot change within
+
+    r(x) = min_{j != y} (f_y(x) - f_j(x)) / K_yj
+
+in L2 (pixel units): each difference ``f_y - f_j`` is positive at ``x`` and falls by at most
+``K_yj ||delta||``. This is the Lipschitz-margin certificate of Tsuzuku, Sato and Sugiyama
+2018 ("Lipschitz-Margin Training", arXiv 1802.04034) with the pairwise constants of GloRo
+(Leino, Wang and Fredrikson 2021, arXiv 2102.08452); with ``per_logit=True`` it uses the
+seed's looser ``K_y + K_j`` instead.
+
+Soundness, in the order things can go wrong:
+
+- the constants are Gram-iteration (or exact SVD) bounds of every layer of the model as it
+  runs at prediction time (parametrizations are evaluated, in eval mode, and baked in), so
+  they are upper bounds of the true constants, whatever the weights (no normalisation
+  epsilon that hides tiny weights, gloro issue #8);
+- logits, margins and radii are computed in float64 on a float64 copy of those weights, and
+  the radius is shrunk by a relative ``1e-9`` to absorb float64 rounding;
+- a tie for the top logit (margin <= 0) is never certified: the input abstains with radius 0
+  (gloro issue #9);
+- a pair whose constant is 0 (two identical rows of the last layer: ``f_y - f_j`` is constant)
+  gets the diameter of the input cube, ``sqrt(d)``, the largest radius that means anything.
+
+The certified object is the real-valued function with the model's float32 weights; float32
+inference can differ from it by rounding (about 1e-6 relative in the logits), which the
+certificate does not cover, as no deterministic certifier in the literature does.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bastion._torch import model_mode, unwrap
+from bastion._validate import check_images
+from bastion.errors import InputError
+from bastion.models.lipschitz.bound import NetworkBound, network_bound
+from bastion.models.lipschitz.constraints import export_plain
+from bastion.models.lipschitz.operator_norm import SOUND_METHODS
+from bastion.records import Certificate
+
+ROUNDING_MARGIN = 1e-9
+"""Relative amount by which every radius is shrunk to absorb float64 rounding."""
+
+
+def plain_float64(model: nn.Module) -> nn.Module:
+    """A float64 copy of ``model`` in eval mode with every parametrization baked in (the
+    weights the model uses at prediction time, cast exactly to float64)."""
+    net = copy.deepcopy(unwrap(model)).eval()
+    export_plain(net)
+    return net.double()
+
+
+def margin_radius(logits: torch.Tensor, pairwise: torch.Tensor, *, dim: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(prediction, radius, abstained, runner_up)`` of the margin certificate.
+
+    Args:
+        logits: float64 ``[N, K]``.
+        pairwise: float64 ``[K, K]``, ``K_ij >= Lip(f_i - f_j)``.
+        dim: the input dimension ``d`` (for the cap ``sqrt(d)``).
+
+    Returns:
+        prediction int64 [N]; radius float64 [N] (0 where abstained); abstained bool [N]
+        (a tie for the top logit); runner_up int64 [N], the class ``j`` attaining the
+        minimum (the certificate's weakest pair).
+    """
+    if logits.dtype != torch.float64 or pairwise.dtype != torch.float64:
+        raise InputError("margin_radius computes in float64: pass float64 logits and constants")
+    n, k = logits.shape
+    pred = logits.argmax(dim=1)
+    top = logits.gather(1, pred[:, None])
+    margins = top - logits                                   # [N, K], >= 0
+    consts = pairwise[pred]                                  # [N, K]
+    cap = math.sqrt(dim)
+    ratio = torch.where(consts > 0, margins / consts.clamp_min(1e-300),
+                        torch.where(margins > 0, torch.full_like(margins, cap),
+                                    torch.zeros_like(margins)))
+    ratio = ratio.clamp_max(cap)
+    own = torch.nn.functional.one_hot(pred, k).bool()
+    ratio = ratio.masked_fill(own, float("inf"))
+    radius, runner = ratio.min(dim=1)
+    others = margins.masked_fill(own, float("inf"))
+    tie = others.amin(dim=1) <= 0
+    radius = torch.where(tie, torch.zeros_like(radius), radius * (1 - ROUNDING_MARGIN))
+    return pred, radius, tie, runner
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class LipschitzCertifier:
+    """The Lipschitz-margin certificate as a ``certify.pipeline.Certifier`` (L2).
+
+    Args:
+        model: a chain classifier (``models.lipschitz.chain``) on [0, 1] images, last layer
+            ``nn.Linear``.
+        num_classes: K.
+        method: the operator-norm method of its linear and conv layers: ``"gram"``
+            (Gram iteration, sound, default) or ``"svd"`` (exact, small layers only); an
+            unsound method (``"power"``) warns and is marked in the params.
+        per_logit: use the seed's ``K_y + K_j`` instead of the pairwise ``K_yj``.
+        batch_size: inputs per float64 forward pass.
+        bound: a precomputed ``NetworkBound`` of ``model`` (else computed on first use
+            from the model's weights and cached).
+
+    Inputs draw no randomness: ``generators`` are accepted and ignored, and every
+    certificate is a deterministic function of the input.
+    """
+
+    model: nn.Module
+    num_classes: int
+    method: str = "gram"
+    per_logit: bool = False
+    batch_size: int = 1000
+    bound: NetworkBound | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    NOISE_FREE: ClassVar[bool] = True
+    norm: ClassVar[str] = "l2"
+
+    def __post_init__(self) -> None:
+        if self.method not in SOUND_METHODS:
+            raise InputError(f"unknown bound method {self.method!r}; valid: "
+                             f"{', '.join(SOUND_METHODS)}")
+        if not SOUND_METHODS[self.method]:
+            warnings.warn(f"bound method {self.method!r} is not a guaranteed upper bound: the "
+                          "radii are estimates, not certificates", stacklevel=2)
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @classmethod
+    def small(cls, base_model: nn.Module, num_classes: int, *, noise: Any = None,
+              **overrides: Any) -> LipschitzCertifier:
+        """A certifier for tests (``noise`` is ignored: nothing is random here)."""
+        return cls(model=base_model, num_classes=num_classes, **overrides)
+
+    @property
+    def device(self) -> torch.device:
+        p = next(unwrap(self.model).parameters(), None)
+        return torch.device("cpu") if p is None else p.device
+
+    @property
+    def inputs_per_call(self) -> int:
+        return self.batch_size
+
+    def _prepared(self, example: torch.Tensor) -> tuple[nn.Module, NetworkBound, torch.Tensor]:
+        if "net" not in self._cache:
+            net = plain_float64(self.model)
+            ex = example[:1].to(self.device, torch.float64)
+            bound = self.bound or network_bound(net, ex, method=self.method)
+            if bound.last_weight.shape[0] != self.num_classes:
+                raise InputError(f"the model has {bound.last_weight.shape[0]} logits, not "
+                                 f"num_classes={self.num_classes}")
+            if self.per_logit:
+                kj = bound.per_logit()
+                pair = kj[:, None] + kj[None, :]
+                pair.fill_diagonal_(0.0)
+            else:
+                pair = bound.pairwise()
+            self._cache.update(net=net, bound=bound, pairwise=pair)
+        return self._cache["net"], self._cache["bound"], self._cache["pairwise"]
+
+    def header(self, example: torch.Tensor, run: Mapping[str, Any]) -> dict[str, Any]:
+        _, bound, pair = self._prepared(example)
+        return {
+            "certifier": "lipschitz", "method": self.method, "per_logit": self.per_logit,
+            "sound": bound.sound, "prefix": bound.prefix,
+            "layers": [{"name": c.name, "kind": c.kind, "constant": c.constant,
+                        "method": c.method} for c in bound.layers],
+            "max_pairwise": float(pair.max()), **run,
+        }
+
+    def certify(self, x: torch.Tensor, generators: Sequence[torch.Generator] | None = None
+                ) -> Certificate:
+        """The certificate of ``x`` ``[B, C, H, W]`` in [0, 1] (``generators`` unused)."""
+        check_images(x, "x")
+        net, bound, pair = self._prepared(x)
+        logits = []
+        with torch.no_grad(), model_mode(self.model, None):
+            for i in range(0, len(x), self.batch_size):
+                logits.append(net(x[i:i + self.batch_size].to(self.device, torch.float64)))
+        z = torch.cat(logits).cpu()
+        pred, radius, tie, runner = margin_radius(z, pair.cpu(), dim=int(x[0].numel()))
+        top2 = z.topk(2, dim=1).values
+        return Certificate(
+            prediction=pred, radius=radius, abstained=tie, norm="l2",
+            method="lipschitz-margin",
+            params={"bound": self.method, "per_logit": self.per_logit, "sound": bound.sound,
+                    "prefix": bound.prefix},
+            extra={"margin": (top2[:, 0] - top2[:, 1]), "runner_up": runner},
+        )
+
+    def details(self, cert: Certificate, j: int) -> dict[str, Any]:
+        return {"margin": float(cert.extra["margin"][j]),
+                "runner_up": int(cert.extra["runner_up"][j])}
+
+
+def certify_lipschitz(model: nn.Module, x: torch.Tensor, *, num_classes: int | None = None,
+                      method: str = "gram", per_logit: bool = False,
+                      labels: torch.Tensor | None = None) -> Certificate:
+    """One-call Lipschitz-margin certificate of a batch (see :class:`LipschitzCertifier`)."""
+    if num_classes is None:
+        with torch.no_grad(), model_mode(model, False):
+            num_classes = int(model(x[:1]).shape[1])
+    cert = LipschitzCertifier(model=model, num_classes=num_classes, method=method,
+                              per_logit=per_logit).certify(x)
+    if labels is None:
+        return cert
+    return Certificate(prediction=cert.prediction, radius=cert.radius,
+                       abstained=cert.abstained, norm=cert.norm, method=cert.method,
+                       params=cert.params, extra=cert.extra, labels=labels.long().cpu())
+
+
+def empirical_lipschitz(model: nn.Module, x: torch.Tensor, i: int, j: int, *,
+                        steps: int = 100, lr: float = 0.01, delta: float = 0.05,
+                        generator: torch.Generator | None = None) -> float:
+    """A lower bound on ``Lip(f_i - f_j)`` in L2, found by ascent (a sanity check that each
+    certified constant lies above it).
+
+    Maximises ``|g(a) - g(b)| / ||a - b||_2`` for ``g = f_i - f_j`` over pairs starting at
+    ``a = x`` and ``b = x + delta u`` (u random unit directions), with Adam on both points,
+    and returns the largest ratio seen, together with the largest input-gradient norm
+    ``||grad g||`` met on the way (each is a valid lower bound of the constant: a
+    difference quotient, or the norm of a gradient where ``g`` is differentiable).
+
+    Args:
+        model: the classifier (run in eval mode; its flags are restored).
+        x: ``[N, C, H, W]`` starting points.
+        i, j: the two classes.
+        steps, lr: the ascent's length and Adam step (pixel units).
+        delta: the initial distance between the two points of a pair.
+        generator: for the random directions.
+    """
+    check_images(x, "x")
+    g = generator or torch.Generator(device=x.device).manual_seed(0)
+    u = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+    u = u / u.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+    a = x.detach().clone().requires_grad_(True)
+    b = (x + delta * u).detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([a, b], lr=lr)
+    best = 0.0
+    with model_mode(model, False):
+        for _ in range(steps):
+            ga = model(a)
+            gb = model(b)
+            da, db = ga[:, i] - ga[:, j], gb[:, i] - gb[:, j]
+            dist = (a - b).flatten(1).norm(dim=1).clamp_min(1e-12)
+            ratio = (da - db).abs() / dist
+            grad = torch.autograd.grad(da.sum(), a, retain_graph=True)[0]
+            best = max(best, float(ratio.detach().max()), float(grad.flatten(1).norm(dim=1).max()))
+            opt.zero_grad()
+            (-ratio.sum()).backward()
+            opt.step()
+    return best

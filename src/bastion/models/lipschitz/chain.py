@@ -1,0 +1,113 @@
+"""A feed-forward model as the chain of layers its forward pass runs, with each layer's input.
+
+The Lipschitz bound of the seed (``L <= prod_i ||W_i||``, "Certified Deterministic Defenses
+(1)") holds for a network with no skip connections: a composition of layers, each applied to
+the previous one's output. ``layer_chain`` finds that composition by running one forward
+pass with hooks on every leaf module and checking that each layer reads exactly what the
+previous one wrote (a flatten between them is allowed: it is a view of the same storage).
+A model that branches, adds a skip connection or uses a module twice is refused, so a bound
+is never computed for a graph it does not describe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bastion._torch import model_mode, unwrap
+from bastion.errors import InputError
+
+
+@dataclass(frozen=True)
+class ChainLayer:
+    """One layer of a chain model.
+
+    Args:
+        name: the module's dotted name in the model (``named_modules``), e.g. ``net.conv1``.
+        module: the module itself (parametrized weights stay parametrized).
+        input_shape: the shape of one input example, without the batch dimension, e.g.
+            ``(16, 14, 14)`` for a conv or ``(3136,)`` for a linear layer.
+        output_shape: the shape of one output example.
+    """
+
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+
+
+def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules with no children (a parametrized layer counts as one leaf)."""
+    out = []
+    for name, m in model.named_modules():
+        children = [c for n, c in m.named_children() if n != "parametrizations"]
+        if not children and not (name.endswith("parametrizations") or ".parametrizations." in
+                                 f".{name}."):
+            out.append((name, m))
+    return out
+
+
+def layer_chain(model: nn.Module, example: torch.Tensor) -> list[ChainLayer]:
+    """The leaf layers of ``model`` in the order its forward runs them, with their shapes.
+
+    Args:
+        model: a feed-forward classifier, inputs ``[N, C, H, W]`` in [0, 1].
+        example: one input batch ``[1, C, H, W]`` (any values) on the model's device.
+
+    Returns:
+        One :class:`ChainLayer` per leaf module called, in call order.
+
+    Raises:
+        InputError: if a leaf module is called twice, if a layer's input is not the previous
+            layer's output (a skip connection, a branch, or an operation between layers that
+            is not a view, such as an addition), or if the model's output is not the last
+            layer's output.
+    """
+    net = unwrap(model)
+    leaves = _leaves(net)
+    calls: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
+    seen: set[int] = set()
+
+    def hook(name: str):
+        def fn(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if id(mod) in seen:
+                raise InputError(f"layer {name!r} is called twice in one forward pass; a "
+                                 "product-of-norms bound needs each layer once")
+            seen.add(id(mod))
+            if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
+                raise InputError(f"layer {name!r} takes {len(inputs)} inputs; a chain layer "
+                                 "takes one tensor")
+            calls.append((name, mod, inputs[0], output))
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in leaves]
+    try:
+        with torch.no_grad(), model_mode(net, False):
+            out = net(example)
+    finally:
+        for h in handles:
+            h.remove()
+    if not calls:
+        raise InputError("the model ran no layers")
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.data_ptr() == b.data_ptr() and a.numel() == b.numel()
+
+    chain = []
+    prev: torch.Tensor | None = example
+    for name, mod, inp, outp in calls:
+        if prev is not None and not same(inp, prev):
+            raise InputError(
+                f"layer {name!r} does not read the previous layer's output (a skip connection, "
+                "a branch, or a non-view operation between layers): this model is not a chain, "
+                "so the product of layer norms does not bound it"
+            )
+        chain.append(ChainLayer(name=name, module=mod, input_shape=tuple(inp.shape[1:]),
+                                output_shape=tuple(outp.shape[1:])))
+        prev = outp
+    if prev is None or not same(out, prev):
+        raise InputError("the model's output is not its last layer's output; the chain "
+                         "bound cannot follow it")
+    return chain
