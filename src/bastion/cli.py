@@ -1,4 +1,5 @@
-"""Command-line interface: ``bastion train | eval | certify | bench | report | demo``.
+"""Command-line interface: ``bastion train | eval | certify | certify-lipschitz | bench | report |
+demo``.
 
 Thin by design: each command parses its options, calls one library function from
 ``bastion.runs`` or ``bastion.bench`` and shows progress and a short table. Everything it
@@ -308,6 +309,60 @@ def cmd_certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certify_lipschitz(args: argparse.Namespace) -> int:
+    """Deterministic L2 certification of a run's test set by its Lipschitz margin."""
+    from bastion.bench.plots import plot_certified_accuracy
+    from bastion.certify.rowstore import read_header, read_rows
+    from bastion.certify.summary import rows_to_certificate
+    from bastion.runs import certify_lipschitz_run
+
+    check_run_dir(args.run_dir)
+    for other in args.compare:
+        if not Path(other).is_file():
+            raise MissingFileError(f"--compare: certification file {other!r} does not exist")
+    if any(r < 0 for r in args.radii):
+        raise InputError(f"--radii must be >= 0, got {args.radii}")
+    bars: list[tqdm] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, initial=done, unit="img", dynamic_ncols=True,
+                             desc=f"certify lipschitz ({args.method})"))
+        bars[0].n = done
+        bars[0].refresh()
+
+    try:
+        res = certify_lipschitz_run(args.run_dir, method=args.method, per_logit=args.per_logit,
+                                    checkpoint=args.checkpoint, n_inputs=args.n_inputs,
+                                    skip=args.skip, out=args.out, radii=args.radii,
+                                    progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    if res.summary is None:
+        return 0
+    s = res.summary
+    header = read_header(res.out_path)
+    curves = {f"{Path(args.run_dir).name} (Lipschitz margin, {args.method})":
+              rows_to_certificate(res.rows, "l2")}
+    for other in args.compare:
+        curves[Path(other).stem] = rows_to_certificate(read_rows(other), "l2")
+    plot_path = plot_certified_accuracy(curves, res.out_path.with_suffix(".png"),
+                                        title=f"{load_config_of(args.run_dir).dataset}: "
+                                        "certified accuracy (L2)")
+    rows: list[tuple[str, Any]] = [("points", str(s["n"])),
+                                   ("bound", f"{header['method']}, "
+                                    f"{'sound' if header['sound'] else 'NOT sound'}"),
+                                   ("product of layer constants", f"{header['prefix']:.4g}"),
+                                   ("largest pairwise K_ij", f"{header['max_pairwise']:.4g}")]
+    rows += [(f"certified accuracy at r={r:g}", _rate(a))
+             for r, a in zip(s["radii"], s["certified_accuracy"], strict=True)]
+    rows += [("ACR", f"{s['acr']:.4f}"), ("seconds", f"{s['seconds']:.1f}")]
+    print(_table(rows))
+    print(f"rows: {res.out_path}\nplot: {plot_path}")
+    return 0
+
+
 _ROOT = Path(__file__).resolve().parents[2]
 DEMO_SUITE = _ROOT / "benchmarks" / "suites" / "quick.yaml"
 
@@ -480,6 +535,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="other certification files to draw on the same plot (one or more; "
                    "the flag may repeat)")
     c.set_defaults(func=cmd_certify)
+
+    cl = sub.add_parser("certify-lipschitz",
+                        help="deterministic L2 certification of a run's test set by its "
+                        "Lipschitz margin (one forward pass per image)", formatter_class=fmt)
+    cl.add_argument("run_dir", help="run folder written by 'bastion train'")
+    cl.add_argument("--method", default="gram", choices=("gram", "svd"),
+                    help="layer bound: Gram iteration (sound, any size) or the exact SVD of "
+                    "each operator (small layers only)")
+    cl.add_argument("--per-logit", action="store_true",
+                    help="the looser K_y + K_j instead of the pairwise K_yj")
+    cl.add_argument("--checkpoint", default="last", choices=("last", "best"),
+                    help="end-of-training or best-robust checkpoint")
+    cl.add_argument("--n-inputs", type=int, default=None, help="at most this many test images")
+    cl.add_argument("--skip", type=int, default=1, help="certify every skip-th test image")
+    cl.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0],
+                    help="L2 radii (pixel units) of the certified-accuracy table")
+    cl.add_argument("--out", default=None, help="JSONL rows file (default "
+                    "RUN_DIR/certify/lipschitz-<settings>.jsonl); resumed")
+    cl.add_argument("--compare", action="extend", nargs="+", default=[], metavar="JSONL",
+                    help="other certification files (e.g. smoothing's) on the same plot")
+    cl.set_defaults(func=cmd_certify_lipschitz)
 
     b = sub.add_parser("bench", help="train/load, attack, certify and check every defense of "
                        "a suite; leaderboard and report", formatter_class=fmt)

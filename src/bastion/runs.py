@@ -63,6 +63,7 @@ from bastion._validate import check_device
 from bastion.attacks.evaluate import evaluate_attack
 from bastion.attacks.spec import AttackSpec
 from bastion.certify.config import CertifyConfig
+from bastion.certify.lipschitz import LipschitzCertifier
 from bastion.certify.pipeline import certify_dataset, dist_info
 from bastion.certify.registry import smoothing_certifier
 from bastion.certify.summary import summarize
@@ -759,8 +760,77 @@ def certify_run(
     return CertifyRunResult(rows, summarize(rows, norm=noise.norm), out_path)
 
 
+LIPSCHITZ_METHODS: tuple[str, ...] = ("gram", "svd")
+"""Sound bound methods ``certify_lipschitz_run`` accepts (``svd`` only for small layers)."""
+
+
+def lipschitz_record_path(run_dir: str | os.PathLike, *, method: str = "gram",
+                          per_logit: bool = False, checkpoint: str = "last",
+                          n_inputs: int | None = None, skip: int = 1) -> Path:
+    """Where ``certify_lipschitz_run`` writes its rows by default:
+    ``run_dir/certify/lipschitz-<method>[-per-logit]-<checkpoint>-skip<k>[-n<N>].jsonl``."""
+    tag = f"lipschitz-{method}{'-per-logit' if per_logit else ''}-{checkpoint}-skip{skip}"
+    if n_inputs is not None:
+        tag += f"-n{n_inputs}"
+    return Path(run_dir) / "certify" / f"{tag}.jsonl"
+
+
+def certify_lipschitz_run(
+    run_dir: str | os.PathLike,
+    *,
+    method: str = "gram",
+    per_logit: bool = False,
+    checkpoint: str = "last",
+    n_inputs: int | None = None,
+    skip: int = 1,
+    device: str | None = None,
+    out: str | os.PathLike | None = None,
+    radii: list[float] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CertifyRunResult:
+    """Deterministic L2 certification of a run's test set by its Lipschitz margin (behind
+    ``bastion certify-lipschitz``; ``certify.lipschitz.LipschitzCertifier``).
+
+    The bound is computed once from the checkpoint's weights (sound Gram-iteration
+    constants of every layer, float64), then every ``skip``-th test image (at most
+    ``n_inputs``) costs one float64 forward pass. Rows go to ``out`` (default
+    ``lipschitz_record_path``), resumed if it exists, in the same format as smoothing's,
+    so ``summarize``, the plots and the report read both.
+
+    Raises:
+        InputError: for a bad setting, or a model that is not a chain of layers of known
+            constant (residual networks, a pre-processing defense in front).
+    """
+    if method not in LIPSCHITZ_METHODS:
+        raise InputError(f"unknown bound method {method!r}; valid: {', '.join(LIPSCHITZ_METHODS)}")
+    if checkpoint not in ("last", "best"):
+        raise InputError(f"checkpoint must be 'last' or 'best', got {checkpoint!r}")
+    run_dir = Path(run_dir)
+    cfg = load_config_of(run_dir)
+    out_path = Path(out) if out is not None else lipschitz_record_path(
+        run_dir, method=method, per_logit=per_logit, checkpoint=checkpoint,
+        n_inputs=n_inputs, skip=skip)
+    if out_path.is_dir():
+        raise InputError(f"out must be a file path, got the folder {str(out_path)!r}")
+    model = load_model(run_dir, checkpoint, resolve_device(device or cfg.device))
+    if isinstance(model, Defended):
+        raise InputError("a pre-processing defense has no Lipschitz certificate (its "
+                         "transformation has no known constant); certify the classifier's run")
+    test = load_dataset(cfg.dataset, "test", cfg.data_dir)
+    certifier = LipschitzCertifier(model=model, num_classes=test.num_classes, method=method,
+                                   per_logit=per_logit)
+    rows = certify_dataset(certifier, test.images, test.labels, out_path=out_path, skip=skip,
+                           max_inputs=n_inputs, progress=progress)
+    if dist_info().rank != 0:
+        return CertifyRunResult(rows, None, out_path)
+    return CertifyRunResult(rows, summarize(rows, radii, norm="l2"), out_path)
+
+
 __all__ = [
     "CertifyRunResult",
+    "LIPSCHITZ_METHODS",
+    "certify_lipschitz_run",
+    "lipschitz_record_path",
     "certify_record_path",
     "certify_run",
     "eval_record_path",

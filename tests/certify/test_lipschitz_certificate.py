@@ -209,3 +209,27 @@ def test_export_keeps_the_certificate_identical(trained) -> None:
     # the original keeps its constraint (a deepcopy shares the parametrized class)
     assert any("parametrizations" in n for n, _ in model.named_modules())
     model(x)
+
+
+def test_topk_radii_are_where_the_topk_margins_change_sign() -> None:
+    from bastion.certify.lipschitz import topk_radii
+    from bastion.losses.gloro import topk_margins
+
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(60, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    pair = (w[:, None] - w[None]).norm(dim=2)
+    radius, order = topk_radii(logits, pair, 3)
+    _, order_m = topk_margins(logits, pair, 0.0, 3)
+    assert torch.equal(order, order_m)
+    for n in range(60):
+        for kp in range(3):
+            r = float(radius[n, kp])
+            if r > 0:  # certified just inside the radius
+                m_in, _ = topk_margins(logits[n:n + 1], pair, 0.999 * r, 3)
+                assert float(m_in[0, kp]) > 0
+            m_out, _ = topk_margins(logits[n:n + 1], pair, 1.001 * r + 1e-9, 3)
+            assert float(m_out[0, kp]) <= 1e-9  # and not beyond it
+    # top-1 radius equals the margin certificate's radius
+    _, rad1, _, _ = margin_radius(logits, pair, dim=10**6)
+    assert torch.allclose(radius[:, 0], rad1, rtol=1e-12)

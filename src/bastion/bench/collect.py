@@ -18,6 +18,7 @@ from bastion.bench.leaderboard import leaderboard_columns
 from bastion.bench.report import ReportEntry
 from bastion.bench.suite import certificate_norm, smoothing_noise
 from bastion.certify import read_rows
+from bastion.certify.lipschitz import certificate_from_rows
 from bastion.certify.summary import rows_to_certificate, summarize
 from bastion.checks import CheckFinding
 from bastion.errors import MissingFileError
@@ -66,6 +67,8 @@ def _bench_entry(bench: Path, row: dict[str, Any]) -> ReportEntry:
         noise = smoothing_noise(load_config_of(run_dir)) if run_dir.is_dir() else None
         norm = certificate_norm(noise[0]) if noise else "l2"
         cert = rows_to_certificate(read_rows(folder / "certify.jsonl"), norm)
+    elif (folder / "certify-lipschitz.jsonl").is_file() and row.get("acr") is not None:
+        cert = certificate_from_rows(read_rows(folder / "certify-lipschitz.jsonl"))
     findings: list[CheckFinding] = []
     if (folder / "checks.json").is_file():
         data = json.loads((folder / "checks.json").read_text())

@@ -66,6 +66,12 @@ from bastion.bench.suite import (
     stable_hash,
 )
 from bastion.certify import CertifyConfig
+from bastion.certify.lipschitz import (
+    LipschitzCertifier,
+    certificate_from_rows,
+    topk_certified_accuracy,
+)
+from bastion.certify.pipeline import certify_dataset
 from bastion.certify.summary import rows_to_certificate
 from bastion.checks import CheckFinding, run_checks
 from bastion.config import dump_config
@@ -386,6 +392,47 @@ def _run_certify(ctx: _Context) -> tuple[Certificate, float] | None:
     return rows_to_certificate(rows, certificate_norm(noise[0])), seconds
 
 
+def _run_lipschitz(ctx: _Context) -> tuple[Certificate, float] | None:
+    """The Lipschitz-margin certificate of a defense smoothing does not certify (see
+    ``suite.LipschitzProtocol``), or None (with the reason logged) where none applies."""
+    lp = ctx.protocol.lipschitz
+    if lp is None or smoothing_noise(ctx.defense.config) is not None or (
+            ctx.defense.base is not None):
+        return None
+    stage, fname = "certify-lipschitz", "certify-lipschitz.jsonl"
+    cfg = ctx.defense.config
+    top_k = int(cfg.method_options.get("top_k", 1)) if cfg.method == "gloro" else 1
+    settings = {**dataclasses.asdict(lp), "top_k": top_k}
+    fp = ctx.fingerprint({"certify-lipschitz": settings})
+    path = ctx.stages.folder / fname
+    from bastion.certify import read_rows
+
+    if ctx.stages.fresh(stage, fp, fname):
+        ctx.hooks.stage(ctx.defense.name, stage, "cached")
+        return certificate_from_rows(read_rows(path)), ctx.stages.seconds(stage)
+    if path.exists() and _main():
+        path.unlink()  # other settings or weights (no partial rows worth keeping: it is fast)
+    _barrier()
+    n = min(lp.n_inputs, len(ctx.x))
+    ctx.hooks.stage(ctx.defense.name, stage, "start")
+    t0 = time.perf_counter()
+    try:
+        certifier = LipschitzCertifier(model=ctx.model, num_classes=ctx.num_classes,
+                                       method=lp.method, per_logit=lp.per_logit, top_k=top_k)
+        rows = certify_dataset(certifier, ctx.x[:n], ctx.y[:n], out_path=path,
+                               seed=ctx.protocol.seed)
+    except InputError as err:
+        log.warning("%s: no Lipschitz certificate: %s", ctx.defense.name, err)
+        ctx.hooks.stage(ctx.defense.name, stage, f"skipped ({err})")
+        return None
+    seconds = time.perf_counter() - t0
+    ctx.stages.done(stage, fp, fname, seconds)
+    ctx.hooks.stage(ctx.defense.name, stage, "done")
+    if not rows:
+        rows = read_rows(path)
+    return certificate_from_rows(rows), seconds
+
+
 def _run_smoothed_attack(ctx: _Context) -> EvalResult | None:
     cp = ctx.protocol.certified
     noise = smoothing_noise(ctx.defense.config)
@@ -448,6 +495,12 @@ def _run_checks(ctx: _Context, results: Mapping[str, EvalResult],
     if cert is not None and smoothed is not None:
         radii = sorted({o.eps for o in smoothed.outcomes})
         found += run_checks(result=smoothed, cert=cert, radii=radii, warn=False)
+    if cert is not None and cert.method == "lipschitz-margin" and cert.norm in results and (
+            len(cert) == len(results[cert.norm])):
+        # a deterministic certificate against the white-box attacks of its own norm
+        emp = next(e for e in ctx.protocol.empirical if e.norm == cert.norm)
+        found += run_checks(result=results[cert.norm], cert=cert,
+                            radii=[emp.eps, *emp.radii()], warn=False)
     unique: list[CheckFinding] = []
     for f in found:
         if all((f.name, f.message) != (u.name, u.message) for u in unique):
@@ -491,6 +544,16 @@ def _label_selector(label: str) -> Callable[[Any], bool]:
 
 
 # ------------------------------------------------------------------------------ the row
+
+def _certified_radii(cert: Certificate | None, protocol: Protocol) -> tuple[float, ...] | None:
+    """The leaderboard radii of ``cert``: the Lipschitz protocol's for a Lipschitz-margin
+    certificate, the smoothing protocol's otherwise."""
+    if cert is None:
+        return None
+    if cert.method == "lipschitz-margin":
+        return protocol.lipschitz.radii if protocol.lipschitz is not None else None
+    return protocol.certified.radii if protocol.certified is not None else None
+
 
 def build_row(
     *, name: str, config: Any, protocol: Protocol, results: Mapping[str, EvalResult],
@@ -552,12 +615,19 @@ def build_row(
             s = average_perturbation_of_successes(m)
             row[f"avg_perturbation_successes/{emp.norm}"] = None if math.isnan(s) else s
     row["clean_acc"] = clean
-    if cert is not None and protocol.certified is not None:
+    radii = _certified_radii(cert, protocol)
+    if cert is not None and radii is not None:
         labels = cert.labels
-        accs = certified_accuracy(cert, labels, list(protocol.certified.radii)).tolist()
-        for rad, acc in zip(protocol.certified.radii, accs, strict=True):
+        row["certificate"] = cert.method
+        accs = certified_accuracy(cert, labels, list(radii)).tolist()
+        for rad, acc in zip(radii, accs, strict=True):
             row[f"certified_acc/{cert.norm}/{rad:g}"] = float(acc)
         row["acr"] = average_certified_radius(cert, labels)
+        if "topk_radius" in cert.extra:  # a relaxed top-k GloRo model
+            row["certified_top_k"] = int(cert.extra["topk_radius"].shape[1])
+            for rad, acc in zip(radii, topk_certified_accuracy(cert, labels, radii),
+                                strict=True):
+                row[f"certified_topk_acc/{cert.norm}/{rad:g}"] = acc
         row["certified_clean_acc"] = float(((~cert.abstained) & (cert.prediction == labels))
                                            .double().mean())
         row["abstain_rate"] = float(cert.abstained.double().mean())
@@ -674,7 +744,7 @@ def run_defense(defense: ResolvedDefense, suite: Suite, out: Path,
         results[emp.norm] = _run_attacks(ctx, emp)
         minimal[emp.norm] = _run_minimal(ctx, emp)
         _run_examples(ctx, emp)
-    certified = _run_certify(ctx)
+    certified = _run_certify(ctx) or _run_lipschitz(ctx)
     cert = certified[0] if certified else None
     smoothed = _run_smoothed_attack(ctx) if cert is not None else None
     findings = _run_checks(ctx, results, cert, smoothed)

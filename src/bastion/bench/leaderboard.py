@@ -39,6 +39,8 @@ def _header(key: str) -> str:
         return f"avg pert. of successes ({parts[1]})"
     if head == "certified_acc":
         return f"certified {parts[1]} r={parts[2]}"
+    if head == "certified_topk_acc":
+        return f"certified top-k {parts[1]} r={parts[2]}"
     if head == "smoothed_robust_acc":
         return f"SmoothAdv on g {parts[1]} r={parts[2]}"
     return {"name": "defense", "method": "method", "clean_acc": "clean", "acr": "ACR",
@@ -64,7 +66,9 @@ def leaderboard_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, st
     ordered += [k for k in robust if not k.endswith("/worst")]
     ordered += [k for k in robust if k.endswith("/worst")]
     ordered += group("asr/") + group("avg_perturbation/")
+    ordered += [k for k in ("certificate",) if k in keys]
     ordered += group("certified_acc/") + [k for k in ("acr",) if k in keys]
+    ordered += group("certified_topk_acc/")
     ordered += group("smoothed_robust_acc/")
     ordered += [k for k in _LAST if k in keys]
     return [(k, _header(k)) for k in ordered]
@@ -79,7 +83,8 @@ def format_value(key: str, value: Any) -> str:
         return ", ".join(value) if value else "none"
     if key.endswith("_seconds"):
         return f"{float(value):.0f}"
-    if key.startswith(("robust_acc/", "asr/", "certified_acc/", "smoothed_robust_acc/")) or (
+    if key.startswith(("robust_acc/", "asr/", "certified_acc/", "smoothed_robust_acc/",
+                       "certified_topk_acc/")) or (
             key == "clean_acc"):
         return f"{100 * float(value):.1f}"
     if key.startswith("avg_perturbation") or key == "acr":

@@ -217,6 +217,33 @@ class CertifiedProtocol:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LipschitzProtocol:
+    """Deterministic L2 certification by the Lipschitz margin (``certify.lipschitz``).
+
+    Every defense that randomized smoothing does not certify (no training noise) and that
+    has no pre-processing defense in front is certified on the first ``n_inputs`` test
+    points with sound constants (``method``: ``gram`` or ``svd``), pairwise unless
+    ``per_logit``; the leaderboard shows certified accuracy at ``radii`` (L2, pixel units)
+    and the ACR. A model that is not a chain of layers of known constant (a residual
+    network) gets no certificate, and its row says why.
+    """
+
+    n_inputs: int = 1000
+    radii: tuple[float, ...] = (0.25, 0.5, 1.0)
+    method: str = "gram"
+    per_logit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_inputs < 1:
+            raise ConfigError(f"lipschitz.n_inputs must be >= 1, got {self.n_inputs}")
+        if not self.radii or any(r < 0 for r in self.radii):
+            raise ConfigError(f"lipschitz.radii: at least one radius >= 0, got "
+                              f"{list(self.radii)}")
+        if self.method not in ("gram", "svd"):
+            raise ConfigError(f"lipschitz.method must be 'gram' or 'svd', got {self.method!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Protocol:
     """The evaluation every defense of a suite gets, on the same first ``n_test`` points.
 
@@ -229,10 +256,14 @@ class Protocol:
     seed: int = 0
     empirical: tuple[EmpiricalProtocol, ...] = (EmpiricalProtocol(),)
     certified: CertifiedProtocol | None = field(default_factory=CertifiedProtocol)
+    lipschitz: LipschitzProtocol | None = None
     checks: bool = True
     check_points: int = 100
 
     def __post_init__(self) -> None:
+        if self.lipschitz is not None and self.lipschitz.n_inputs > self.n_test:
+            raise ConfigError(f"lipschitz.n_inputs ({self.lipschitz.n_inputs}) exceeds "
+                              f"n_test ({self.n_test})")
         if self.n_test < 1 or self.batch_size < 1 or self.check_points < 1:
             raise ConfigError("n_test, batch_size and check_points must be >= 1")
         if self.certified is not None and self.certified.n_inputs > self.n_test:
@@ -475,8 +506,12 @@ def load_suite(path: str | Path) -> tuple[Suite, list[ResolvedDefense]]:
 
 
 def protocol_dict(protocol: Protocol) -> dict[str, Any]:
-    """The protocol as plain JSON (for the records and the fingerprints)."""
-    return to_dict(protocol)
+    """The protocol as plain JSON (for the records and the fingerprints); ``lipschitz`` is
+    left out when not set, so protocols written before it keep their hashes."""
+    d = to_dict(protocol)
+    if d.get("lipschitz") is None:
+        d.pop("lipschitz", None)
+    return d
 
 
 __all__ = [
@@ -484,6 +519,7 @@ __all__ = [
     "CertifiedProtocol",
     "DefenseEntry",
     "EmpiricalProtocol",
+    "LipschitzProtocol",
     "PreprocessEntry",
     "MinimalEntry",
     "Protocol",

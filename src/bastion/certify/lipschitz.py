@@ -96,6 +96,53 @@ def margin_radius(logits: torch.Tensor, pairwise: torch.Tensor, *, dim: int
     return pred, radius, tie, runner
 
 
+def topk_radii(logits: torch.Tensor, pairwise: torch.Tensor, k: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(radius, order)``: the L2 radius up to which each top-``k'`` set is certified.
+
+    For the top-``k'`` classes ``J`` (``order[:, :k']``), the relaxed top-k margin of
+    ``losses.gloro.topk_margins`` is ``min_{l in J, i not in J} f_l - f_i - eps K_li``, positive
+    exactly for ``eps < min_{l in J, i not in J} (f_l - f_i) / K_li``: that minimum is
+    ``radius[:, k'-1]`` (0 for a tie across the set's boundary). A labelled point is
+    top-k certified at ``r`` when some ``k' <= k`` has ``radius > r`` and ``label`` in
+    ``order[:, :k']`` (Leino and Fredrikson 2021, arXiv 2106.06624).
+
+    Args:
+        logits: float64 ``[N, K]``; pairwise: float64 ``[K, K]``; k: in [1, K-1].
+    """
+    n, n_cls = logits.shape
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n_cls:
+        raise InputError(f"k must be an int in [1, {n_cls - 1}], got {k!r}")
+    vals, order = logits.topk(n_cls, dim=1)
+    out = torch.empty(n, k, dtype=torch.float64)
+    for kp in range(1, k + 1):
+        inside, outside = order[:, :kp], order[:, kp:]
+        gap = vals[:, :kp, None] - vals[:, None, kp:]              # [N, k', K-k']
+        const = pairwise[inside[:, :, None], outside[:, None, :]]  # [N, k', K-k']
+        ratio = torch.where(const > 0, gap / const.clamp_min(1e-300),
+                            torch.where(gap > 0, torch.full_like(gap, float("inf")),
+                                        torch.zeros_like(gap)))
+        r = ratio.flatten(1).amin(dim=1)
+        out[:, kp - 1] = torch.where(gap.flatten(1).amin(dim=1) <= 0, torch.zeros_like(r), r)
+    return out * (1 - ROUNDING_MARGIN), order[:, :k]
+
+
+def topk_certified_accuracy(cert: Certificate, labels: torch.Tensor, radii: Sequence[float]
+                            ) -> list[float]:
+    """Top-k certified accuracy at each radius from a certificate made with ``top_k > 1``
+    (its ``extra["topk_radius"]`` and ``extra["topk_order"]``; see :func:`topk_radii`)."""
+    if "topk_radius" not in cert.extra:
+        raise InputError("the certificate has no top-k radii (certify with top_k > 1)")
+    rad, order = cert.extra["topk_radius"], cert.extra["topk_order"]
+    k = rad.shape[1]
+    member = (order == labels.view(-1, 1)).cumsum(dim=1) > 0        # label in top-k'
+    out = []
+    for r in radii:
+        ok = member & (rad > float(r))
+        out.append(float(ok.any(dim=1).double().mean()) if k else 0.0)
+    return out
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class LipschitzCertifier:
     """The Lipschitz-margin certificate as a ``certify.pipeline.Certifier`` (L2).
@@ -108,6 +155,9 @@ class LipschitzCertifier:
             (Gram iteration, sound, default) or ``"svd"`` (exact, small layers only); an
             unsound method (``"power"``) warns and is marked in the params.
         per_logit: use the seed's ``K_y + K_j`` instead of the pairwise ``K_yj``.
+        top_k: with ``k > 1`` the certificate also carries the relaxed top-k radii of every
+            input (``extra["topk_radius"]`` [N, k], ``extra["topk_order"]`` [N, k]; see
+            :func:`topk_radii` and :func:`topk_certified_accuracy`).
         batch_size: inputs per float64 forward pass.
         bound: a precomputed ``NetworkBound`` of ``model`` (else computed on first use
             from the model's weights and cached).
@@ -120,6 +170,7 @@ class LipschitzCertifier:
     num_classes: int
     method: str = "gram"
     per_logit: bool = False
+    top_k: int = 1
     batch_size: int = 1000
     bound: NetworkBound | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -136,6 +187,10 @@ class LipschitzCertifier:
                           "radii are estimates, not certificates", stacklevel=2)
         if self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not (
+                1 <= self.top_k < self.num_classes):
+            raise InputError(f"top_k must be an int in [1, {self.num_classes - 1}], got "
+                             f"{self.top_k!r}")
 
     @classmethod
     def small(cls, base_model: nn.Module, num_classes: int, *, noise: Any = None,
@@ -173,6 +228,7 @@ class LipschitzCertifier:
         _, bound, pair = self._prepared(example)
         return {
             "certifier": "lipschitz", "method": self.method, "per_logit": self.per_logit,
+            "top_k": self.top_k,
             "sound": bound.sound, "prefix": bound.prefix,
             "layers": [{"name": c.name, "kind": c.kind, "constant": c.constant,
                         "method": c.method} for c in bound.layers],
@@ -191,17 +247,42 @@ class LipschitzCertifier:
         z = torch.cat(logits).cpu()
         pred, radius, tie, runner = margin_radius(z, pair.cpu(), dim=int(x[0].numel()))
         top2 = z.topk(2, dim=1).values
+        extra = {"margin": (top2[:, 0] - top2[:, 1]), "runner_up": runner}
+        if self.top_k > 1:
+            extra["topk_radius"], extra["topk_order"] = topk_radii(z, pair.cpu(), self.top_k)
         return Certificate(
             prediction=pred, radius=radius, abstained=tie, norm="l2",
             method="lipschitz-margin",
             params={"bound": self.method, "per_logit": self.per_logit, "sound": bound.sound,
-                    "prefix": bound.prefix},
-            extra={"margin": (top2[:, 0] - top2[:, 1]), "runner_up": runner},
+                    "prefix": bound.prefix, "top_k": self.top_k},
+            extra=extra,
         )
 
     def details(self, cert: Certificate, j: int) -> dict[str, Any]:
-        return {"margin": float(cert.extra["margin"][j]),
-                "runner_up": int(cert.extra["runner_up"][j])}
+        out: dict[str, Any] = {"margin": float(cert.extra["margin"][j]),
+                               "runner_up": int(cert.extra["runner_up"][j])}
+        if "topk_radius" in cert.extra:
+            out["topk_radius"] = [float(r) for r in cert.extra["topk_radius"][j]]
+            out["topk_order"] = [int(c) for c in cert.extra["topk_order"][j]]
+        return out
+
+
+def certificate_from_rows(rows: Sequence[Any]) -> Certificate:
+    """The ``Certificate`` of a Lipschitz certification's rows (``certify_dataset`` over a
+    :class:`LipschitzCertifier`), with the top-k radii back in ``extra`` when the rows have
+    them."""
+    from bastion.certify.summary import rows_to_certificate
+
+    cert = rows_to_certificate(rows, "l2", "lipschitz-margin")
+    if not rows or "topk_radius" not in rows[0].details:
+        return cert
+    extra = {"topk_radius": torch.tensor([r.details["topk_radius"] for r in rows],
+                                         dtype=torch.float64),
+             "topk_order": torch.tensor([r.details["topk_order"] for r in rows],
+                                        dtype=torch.int64)}
+    return Certificate(prediction=cert.prediction, radius=cert.radius,
+                       abstained=cert.abstained, norm="l2", method=cert.method,
+                       extra=extra, labels=cert.labels, index=cert.index)
 
 
 def certify_lipschitz(model: nn.Module, x: torch.Tensor, *, num_classes: int | None = None,

@@ -68,8 +68,13 @@ class _PowerNormalized(nn.Module):
         self.stride = tuple(int(s) for s in stride)
         self.padding = tuple(int(p) for p in padding)
         self.power_iters = int(power_iters)
-        with torch.no_grad():
-            _, v = self._advance(weight.detach(), None, 30)
+        if weight.is_meta:  # shape-only construction (config validation): no iterations
+            size = self.input_size if self.input_size is not None else (1, 1)
+            shape = (weight.shape[1],) if kind == "linear" else (1, weight.shape[1], *size)
+            v = torch.empty(shape, device="meta", dtype=weight.dtype)
+        else:
+            with torch.no_grad():
+                _, v = self._advance(weight.detach(), None, 30)
         self.register_buffer("v", v)
 
     def _advance(self, w: torch.Tensor, v: torch.Tensor | None, iters: int
@@ -83,7 +88,9 @@ class _PowerNormalized(nn.Module):
 
     def sigma(self, w: torch.Tensor) -> torch.Tensor:
         """The power estimate of ``||W||`` with gradient through ``w`` (advancing the vector
-        first in train mode)."""
+        first in train mode; a shape-only meta tensor gives a meta 1)."""
+        if w.is_meta:
+            return torch.ones((), device="meta", dtype=w.dtype)
         if self.training and self.power_iters > 0:
             with torch.no_grad():
                 _, v = self._advance(w.detach(), self.v, self.power_iters)
