@@ -50,6 +50,18 @@ def _check_sizes(values: Sequence[int], name: str) -> tuple[int, ...]:
     return out
 
 
+def _dense_head(d: int, widths: tuple[int, ...], num_classes: int, activation: str,
+                knots: int, act_name: str) -> list[tuple[str, nn.Module]]:
+    """``fc1 act fc2 act ... logits``: the dense layers from ``d`` inputs to the logits
+    (activation ``i`` named ``act_name.format(i)``)."""
+    items: list[tuple[str, nn.Module]] = []
+    for i, width in enumerate(widths, 1):
+        items += [(f"fc{i}", nn.Linear(d, width)),
+                  (act_name.format(i), _activation(activation, width, knots))]
+        d = width
+    return [*items, ("logits", nn.Linear(d, num_classes))]
+
+
 class _Chain(nn.Module):
     """A named ``nn.Sequential`` with a constraint applied after construction."""
 
@@ -112,12 +124,8 @@ class LipschitzCNN(_Chain):
                       (f"act{i}", _activation(activation, c, spline_knots))]
             h, w, c_prev = (h + 2 - 4) // 2 + 1, (w + 2 - 4) // 2 + 1, c
         items.append(("flatten", nn.Flatten()))
-        d = c_prev * h * w
-        for i, width in enumerate(widths, 1):
-            items += [(f"fc{i}", nn.Linear(d, width)),
-                      (f"act_fc{i}", _activation(activation, width, spline_knots))]
-            d = width
-        items.append(("logits", nn.Linear(d, num_classes)))
+        items += _dense_head(c_prev * h * w, widths, num_classes, activation, spline_knots,
+                             "act_fc{}")
         self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, (
             _as_hw(input_size))
         self._finish(items, constraint, lipschitz, conv_inputs, power_iters)
@@ -144,12 +152,7 @@ class LipschitzMLP(_Chain):
         _check_positive_int(in_channels, "in_channels")
         h, w = _as_hw(input_size)
         widths = _check_sizes(hidden, "hidden")
-        items: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
-        d = in_channels * h * w
-        for i, width in enumerate(widths, 1):
-            items += [(f"fc{i}", nn.Linear(d, width)),
-                      (f"act{i}", _activation(activation, width, spline_knots))]
-            d = width
-        items.append(("logits", nn.Linear(d, num_classes)))
+        items = [("flatten", nn.Flatten()), *_dense_head(
+            in_channels * h * w, widths, num_classes, activation, spline_knots, "act{}")]
         self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, (h, w)
         self._finish(items, constraint, lipschitz, {}, power_iters)
