@@ -60,13 +60,16 @@ class GloRo:
         eps: the L2 radius to certify, in [0, 1] pixel units (> 0). Default 0.5.
         top_k: 1 for GloRo, k > 1 for relaxed top-k robustness.
         warmup_epochs: epochs over which eps ramps up (>= 1; 1 = no ramp).
-        power_iters: power steps per training step and layer (>= 1).
+        power_iters: power steps per training step and layer (>= 1). Default 5, GloRo's
+            ``num_iterations``: training flattens the spectrum it penalises, so one step per
+            batch lags; on a digits lipschitz-cnn after 300 Adam steps the persistent
+            estimate was 7-9% under each layer's norm with 1 step and 1-2.5% with 5.
     """
 
     eps: float = 0.5
     top_k: int = 1
     warmup_epochs: int = 1
-    power_iters: int = 1
+    power_iters: int = 5
 
     def __post_init__(self) -> None:
         if isinstance(self.eps, bool) or not isinstance(self.eps, int | float) or not (
