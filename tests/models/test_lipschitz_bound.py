@@ -96,3 +96,30 @@ def test_svd_and_gram_bounds_agree_on_small_layers() -> None:
     gram = network_bound(model, x, method="gram")
     svd = network_bound(model, x, method="svd")
     assert svd.prefix <= gram.prefix <= svd.prefix * 1.01
+
+
+class _Scaled(nn.Module):
+    """A functional scaling between two layers: not a layer, so not in any product."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 2)
+        self.inplace = inplace
+
+    def forward(self, x):
+        h = self.a(x.flatten(1))
+        h = h.mul_(100.0) if self.inplace else h * 100.0
+        return self.b(h)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_an_operation_between_layers_is_refused(inplace) -> None:
+    with pytest.raises(InputError, match="not a chain"):
+        layer_chain(_Scaled(inplace), torch.rand(1, 1, 2, 2))
+
+
+def test_in_place_activations_are_fine() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 2))
+    chain = layer_chain(model, torch.rand(1, 1, 2, 2))
+    assert [type(c.module).__name__ for c in chain] == ["Flatten", "Linear", "ReLU", "Linear"]

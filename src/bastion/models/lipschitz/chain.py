@@ -4,7 +4,7 @@ The Lipschitz bound of the seed (``L <= prod_i ||W_i||``, "Certified Determinist
 (1)") holds for a network with no skip connections: a composition of layers, each applied to
 the previous one's output. ``layer_chain`` finds that composition by running one forward
 pass with hooks on every leaf module and checking that each layer reads exactly what the
-previous one wrote (a flatten between them is allowed: it is a view of the same storage).
+previous one wrote, value for value (a flatten or reshape between them is allowed).
 A model that branches, adds a skip connection or uses a module twice is refused, so a bound
 is never computed for a graph it does not describe.
 """
@@ -67,11 +67,14 @@ def layer_chain(model: nn.Module, example: torch.Tensor) -> list[ChainLayer]:
     """
     net = unwrap(model)
     leaves = _leaves(net)
-    calls: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
+    calls: list[tuple[str, nn.Module, tuple[int, ...], tuple[int, ...]]] = []
     seen: set[int] = set()
+    # the previous layer's output, as values: a layer must read exactly these (so a
+    # functional op between layers, an in-place change or a skip connection is caught)
+    state: dict[str, torch.Tensor] = {"prev": example.detach().clone()}
 
-    def hook(name: str):
-        def fn(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    def pre_hook(name: str):
+        def fn(mod: nn.Module, inputs: tuple) -> None:
             if id(mod) in seen:
                 raise InputError(f"layer {name!r} is called twice in one forward pass; a "
                                  "product-of-norms bound needs each layer once")
@@ -79,10 +82,29 @@ def layer_chain(model: nn.Module, example: torch.Tensor) -> list[ChainLayer]:
             if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
                 raise InputError(f"layer {name!r} takes {len(inputs)} inputs; a chain layer "
                                  "takes one tensor")
-            calls.append((name, mod, inputs[0], output))
+            prev = state["prev"]
+            inp = inputs[0]
+            if inp.numel() != prev.numel() or not torch.equal(inp.detach().reshape(-1),
+                                                              prev.reshape(-1)):
+                raise InputError(
+                    f"layer {name!r} does not read the previous layer's output (a skip "
+                    "connection, a branch, or an operation between layers that is not a "
+                    "reshape): this model is not a chain, so the product of layer norms does "
+                    "not bound it")
+            calls.append((name, mod, tuple(inp.shape[1:]), ()))
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in leaves]
+    def hook(name: str):
+        def fn(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise InputError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
+            n, m, shape, _ = calls[-1]
+            calls[-1] = (n, m, shape, tuple(output.shape[1:]))
+            state["prev"] = output.detach().clone()
+        return fn
+
+    handles = [m.register_forward_pre_hook(pre_hook(n)) for n, m in leaves]
+    handles += [m.register_forward_hook(hook(n)) for n, m in leaves]
     try:
         with torch.no_grad(), model_mode(net, False):
             out = net(example)
@@ -91,23 +113,9 @@ def layer_chain(model: nn.Module, example: torch.Tensor) -> list[ChainLayer]:
             h.remove()
     if not calls:
         raise InputError("the model ran no layers")
-
-    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-        return a.data_ptr() == b.data_ptr() and a.numel() == b.numel()
-
-    chain = []
-    prev: torch.Tensor | None = example
-    for name, mod, inp, outp in calls:
-        if prev is not None and not same(inp, prev):
-            raise InputError(
-                f"layer {name!r} does not read the previous layer's output (a skip connection, "
-                "a branch, or a non-view operation between layers): this model is not a chain, "
-                "so the product of layer norms does not bound it"
-            )
-        chain.append(ChainLayer(name=name, module=mod, input_shape=tuple(inp.shape[1:]),
-                                output_shape=tuple(outp.shape[1:])))
-        prev = outp
-    if prev is None or not same(out, prev):
+    if not isinstance(out, torch.Tensor) or out.numel() != state["prev"].numel() or (
+            not torch.equal(out.detach().reshape(-1), state["prev"].reshape(-1))):
         raise InputError("the model's output is not its last layer's output; the chain "
                          "bound cannot follow it")
-    return chain
+    return [ChainLayer(name=n, module=m, input_shape=i, output_shape=o)
+            for n, m, i, o in calls]
