@@ -233,3 +233,23 @@ def test_topk_radii_are_where_the_topk_margins_change_sign() -> None:
     # top-1 radius equals the margin certificate's radius
     _, rad1, _, _ = margin_radius(logits, pair, dim=10**6)
     assert torch.allclose(radius[:, 0], rad1, rtol=1e-12)
+
+
+def test_predict_or_bottom_matches_gloro_rule_with_sound_constants() -> None:
+    from bastion.certify.lipschitz import predict_or_bottom, verified_robust_accuracy
+    from bastion.losses.gloro import gloro_predict
+
+    model = _relu_net(5)
+    x = torch.rand(50, 1, 4, 4, generator=torch.Generator().manual_seed(6))
+    y = torch.randint(0, 5, (50,), generator=torch.Generator().manual_seed(7))
+    bound = network_bound(model.double(), x[:1].double())
+    with torch.no_grad():
+        z = model(x.double())
+    for eps in (0.0, 0.005, 0.02, 0.1):
+        ours = predict_or_bottom(model, x.double(), eps)
+        ref = gloro_predict(z, bound.pairwise(), eps)
+        # the same decision up to the 1e-9 rounding margin (no point sits that close)
+        assert torch.equal(ours, ref), eps
+        vra = verified_robust_accuracy(model, x.double(), y, eps)
+        assert vra == float((ref == y).double().mean())
+    assert (predict_or_bottom(model, x.double(), 10.0) == 5).all()

@@ -301,6 +301,32 @@ def certify_lipschitz(model: nn.Module, x: torch.Tensor, *, num_classes: int | N
                        params=cert.params, extra=cert.extra, labels=labels.long().cpu())
 
 
+def predict_or_bottom(model: nn.Module, x: torch.Tensor, eps: float, *,
+                      num_classes: int | None = None, method: str = "gram") -> torch.Tensor:
+    """GloRo's prediction (Leino, Wang and Fredrikson 2021): the class where it is certified
+    on the whole L2 eps-ball, else the bottom class ``K`` (int64 ``[N]``).
+
+    Uses the sound constants and float64 margins of :class:`LipschitzCertifier`: a point is
+    certified at eps when its radius exceeds eps (a radius equal to eps leaves a tie
+    possible at the boundary).
+    """
+    k = num_classes
+    if k is None:
+        with torch.no_grad(), model_mode(model, False):
+            k = int(model(x[:1]).shape[1])
+    cert = certify_lipschitz(model, x, num_classes=k, method=method)
+    ok = (~cert.abstained) & (cert.radius > float(eps))
+    return torch.where(ok, cert.prediction, torch.full_like(cert.prediction, k))
+
+
+def verified_robust_accuracy(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                             eps: float, *, method: str = "gram") -> float:
+    """GloRo's VRA at ``eps``: the fraction of points predicted correctly and certified on the
+    L2 eps-ball (the certified accuracy of the seed's eq. (4) at ``eps``)."""
+    pred = predict_or_bottom(model, x, eps, method=method)
+    return float((pred == labels.to(pred.device).long()).double().mean())
+
+
 def empirical_lipschitz(model: nn.Module, x: torch.Tensor, i: int, j: int, *,
                         steps: int = 100, lr: float = 0.01, delta: float = 0.05,
                         generator: torch.Generator | None = None) -> float:
