@@ -17,16 +17,23 @@ Soundness, in the order things can go wrong:
   runs at prediction time (parametrizations are evaluated, in eval mode, and baked in), so
   they are upper bounds of the true constants, whatever the weights (no normalisation
   epsilon that hides tiny weights, gloro issue #8);
-- logits, margins and radii are computed in float64 on a float64 copy of those weights, and
-  the radius is shrunk by a relative ``1e-9`` to absorb float64 rounding;
+- logits, margins and radii are computed in float64 on a float64 copy of those weights, by
+  replaying the chain layer by layer with a rigorous bound on the rounding error of the
+  logits (``certify.forward_error``), which is subtracted from every margin; the radius is
+  then shrunk by a relative ``1e-9`` for the rounding of the division; an input whose
+  replay differs from the model's own forward (a data-dependent path) abstains;
 - a tie for the top logit (margin <= 0) is never certified: the input abstains with radius 0
   (gloro issue #9);
 - a pair whose constant is 0 (two identical rows of the last layer: ``f_y - f_j`` is constant)
   gets the diameter of the input cube, ``sqrt(d)``, the largest radius that means anything.
 
-The certified object is the real-valued function with the model's float32 weights; float32
-inference can differ from it by rounding (about 1e-6 relative in the logits), which the
-certificate does not cover, as no deterministic certifier in the literature does.
+The certified object is the exact-arithmetic function of the weights the model uses at
+prediction time, as stored (parametrizations evaluated in their own dtype, in eval mode,
+then cast to float64; a ``LinearSpline`` recomputes its constrained values in float64).
+Inference in float32 (or TF32 on GPUs) can differ from it by its own rounding, about 1e-6
+(TF32: 1e-3) relative in the logits, which the certificate does not cover, as no
+deterministic certifier in the literature does; hook-based reparametrizations
+(``torch.nn.utils.spectral_norm``) are refused by the chain analysis.
 """
 
 from __future__ import annotations
@@ -43,8 +50,10 @@ from torch import nn
 
 from bastion._torch import model_mode, unwrap
 from bastion._validate import check_images
+from bastion.certify.forward_error import replay_with_error
 from bastion.errors import InputError
 from bastion.models.lipschitz.bound import NetworkBound, network_bound
+from bastion.models.lipschitz.chain import ChainLayer, layer_chain
 from bastion.models.lipschitz.constraints import export_plain
 from bastion.models.lipschitz.operator_norm import SOUND_METHODS
 from bastion.records import Certificate
@@ -61,7 +70,8 @@ def plain_float64(model: nn.Module) -> nn.Module:
     return net.double()
 
 
-def margin_radius(logits: torch.Tensor, pairwise: torch.Tensor, *, dim: int
+def margin_radius(logits: torch.Tensor, pairwise: torch.Tensor, *, dim: int,
+                  slack: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(prediction, radius, abstained, runner_up)`` of the margin certificate.
 
@@ -69,6 +79,9 @@ def margin_radius(logits: torch.Tensor, pairwise: torch.Tensor, *, dim: int
         logits: float64 ``[N, K]``.
         pairwise: float64 ``[K, K]``, ``K_ij >= Lip(f_i - f_j)``.
         dim: the input dimension ``d`` (for the cap ``sqrt(d)``).
+        slack: float64 ``[N]``, a bound on the rounding error of every logit difference
+            (``forward_error.replay_with_error``), subtracted from every margin; a point
+            whose margin does not exceed it abstains.
 
     Returns:
         prediction int64 [N]; radius float64 [N] (0 where abstained); abstained bool [N]
@@ -80,13 +93,17 @@ def margin_radius(logits: torch.Tensor, pairwise: torch.Tensor, *, dim: int
     n, k = logits.shape
     pred = logits.argmax(dim=1)
     top = logits.gather(1, pred[:, None])
+    if not bool(torch.isfinite(pairwise).all()):
+        raise InputError("the pairwise constants are not all finite")
     margins = top - logits                                   # [N, K], >= 0
+    if slack is not None:
+        margins = margins - slack.to(margins)[:, None]
     consts = pairwise[pred]                                  # [N, K]
     cap = math.sqrt(dim)
     ratio = torch.where(consts > 0, margins / consts.clamp_min(1e-300),
                         torch.where(margins > 0, torch.full_like(margins, cap),
                                     torch.zeros_like(margins)))
-    ratio = ratio.clamp_max(cap)
+    ratio = ratio.clamp(0.0, cap)
     own = torch.nn.functional.one_hot(pred, k).bool()
     ratio = ratio.masked_fill(own, float("inf"))
     radius, runner = ratio.min(dim=1)
@@ -96,7 +113,8 @@ def margin_radius(logits: torch.Tensor, pairwise: torch.Tensor, *, dim: int
     return pred, radius, tie, runner
 
 
-def topk_radii(logits: torch.Tensor, pairwise: torch.Tensor, k: int
+def topk_radii(logits: torch.Tensor, pairwise: torch.Tensor, k: int, *,
+               dim: int | None = None, slack: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(radius, order)``: the L2 radius up to which each top-``k'`` set is certified.
 
@@ -109,6 +127,9 @@ def topk_radii(logits: torch.Tensor, pairwise: torch.Tensor, k: int
 
     Args:
         logits: float64 ``[N, K]``; pairwise: float64 ``[K, K]``; k: in [1, K-1].
+        dim: the input dimension: radii are capped at ``sqrt(dim)`` (a zero constant);
+            None leaves them unbounded (``inf``).
+        slack: float64 ``[N]`` subtracted from every logit gap, as in :func:`margin_radius`.
     """
     n, n_cls = logits.shape
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n_cls:
@@ -118,11 +139,15 @@ def topk_radii(logits: torch.Tensor, pairwise: torch.Tensor, k: int
     for kp in range(1, k + 1):
         inside, outside = order[:, :kp], order[:, kp:]
         gap = vals[:, :kp, None] - vals[:, None, kp:]              # [N, k', K-k']
+        if slack is not None:
+            gap = gap - slack.to(gap)[:, None, None]
         const = pairwise[inside[:, :, None], outside[:, None, :]]  # [N, k', K-k']
         ratio = torch.where(const > 0, gap / const.clamp_min(1e-300),
                             torch.where(gap > 0, torch.full_like(gap, float("inf")),
                                         torch.zeros_like(gap)))
         r = ratio.flatten(1).amin(dim=1)
+        if dim is not None:
+            r = r.clamp_max(math.sqrt(dim))
         out[:, kp - 1] = torch.where(gap.flatten(1).amin(dim=1) <= 0, torch.zeros_like(r), r)
     return out * (1 - ROUNDING_MARGIN), order[:, :k]
 
@@ -159,11 +184,15 @@ class LipschitzCertifier:
             input (``extra["topk_radius"]`` [N, k], ``extra["topk_order"]`` [N, k]; see
             :func:`topk_radii` and :func:`topk_certified_accuracy`).
         batch_size: inputs per float64 forward pass.
-        bound: a precomputed ``NetworkBound`` of ``model`` (else computed on first use
-            from the model's weights and cached).
+        bound: a precomputed ``NetworkBound`` of ``model`` (checked against the model: the
+            same layers and last weight), else computed from the model's weights. Either is
+            cached and recomputed when any parameter or buffer of the model changes.
 
-    Inputs draw no randomness: ``generators`` are accepted and ignored, and every
-    certificate is a deterministic function of the input.
+    Each call replays the model's chain layer by layer in float64 with a bound on its
+    rounding error (``certify.forward_error``), subtracts that bound from every margin,
+    and abstains on any input whose replayed logits differ from the model's own forward
+    (a data-dependent path the chain does not describe). Inputs draw no randomness:
+    ``generators`` are accepted and ignored.
     """
 
     model: nn.Module
@@ -173,12 +202,13 @@ class LipschitzCertifier:
     top_k: int = 1
     batch_size: int = 1000
     bound: NetworkBound | None = None
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    _cache: dict[str, Any] = field(init=False, repr=False, default_factory=dict)
 
     NOISE_FREE: ClassVar[bool] = True
     norm: ClassVar[str] = "l2"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_cache", {})  # never shared by dataclasses.replace copies
         if self.method not in SOUND_METHODS:
             raise InputError(f"unknown bound method {self.method!r}; valid: "
                              f"{', '.join(SOUND_METHODS)}")
@@ -207,11 +237,21 @@ class LipschitzCertifier:
     def inputs_per_call(self) -> int:
         return self.batch_size
 
-    def _prepared(self, example: torch.Tensor) -> tuple[nn.Module, NetworkBound, torch.Tensor]:
-        if "net" not in self._cache:
+    def _weights_key(self) -> tuple:
+        """Identifies the model's current weights (in-place updates bump ``_version``)."""
+        net = unwrap(self.model)
+        return tuple((n, t.data_ptr(), t._version, t.dtype) for n, t in
+                     [*net.named_parameters(), *net.named_buffers()])
+
+    def _prepared(self, example: torch.Tensor
+                  ) -> tuple[nn.Module, NetworkBound, torch.Tensor, list[ChainLayer]]:
+        key = self._weights_key()
+        if self._cache.get("key") != key:
             net = plain_float64(self.model)
             ex = example[:1].to(self.device, torch.float64)
-            bound = self.bound or network_bound(net, ex, method=self.method)
+            chain = layer_chain(net, ex)
+            bound = network_bound(net, ex, method=self.method) if self.bound is None else (
+                self._checked(self.bound, chain))
             if bound.last_weight.shape[0] != self.num_classes:
                 raise InputError(f"the model has {bound.last_weight.shape[0]} logits, not "
                                  f"num_classes={self.num_classes}")
@@ -221,11 +261,27 @@ class LipschitzCertifier:
                 pair.fill_diagonal_(0.0)
             else:
                 pair = bound.pairwise()
-            self._cache.update(net=net, bound=bound, pairwise=pair)
-        return self._cache["net"], self._cache["bound"], self._cache["pairwise"]
+            last_norm = float(torch.linalg.matrix_norm(bound.last_weight, ord=2))
+            self._cache.clear()
+            self._cache.update(key=key, net=net, bound=bound, pairwise=pair, chain=chain,
+                               last_norm=last_norm)
+        c = self._cache
+        return c["net"], c["bound"], c["pairwise"], c["chain"]
+
+    @staticmethod
+    def _checked(bound: NetworkBound, chain: list[ChainLayer]) -> NetworkBound:
+        names = [c.name for c in bound.layers] + [bound.last_name]
+        last = chain[-1].module.weight.detach().double().cpu()
+        if names != [c.name for c in chain] or not torch.equal(bound.last_weight, last):
+            raise InputError("the given bound is not this model's (other layers or another "
+                             "last weight); drop bound= to compute it")
+        if not bound.sound:
+            warnings.warn("the given bound is not sound: the radii are estimates",
+                          stacklevel=3)
+        return bound
 
     def header(self, example: torch.Tensor, run: Mapping[str, Any]) -> dict[str, Any]:
-        _, bound, pair = self._prepared(example)
+        _, bound, pair, _ = self._prepared(example)
         return {
             "certifier": "lipschitz", "method": self.method, "per_logit": self.per_logit,
             "top_k": self.top_k,
@@ -239,17 +295,35 @@ class LipschitzCertifier:
                 ) -> Certificate:
         """The certificate of ``x`` ``[B, C, H, W]`` in [0, 1] (``generators`` unused)."""
         check_images(x, "x")
-        net, bound, pair = self._prepared(x)
-        logits = []
-        with torch.no_grad(), model_mode(self.model, None):
+        net, bound, pair, chain = self._prepared(x)
+        consts = [c.constant for c in bound.layers]
+        logits, errors, same = [], [], []
+        with torch.no_grad():
             for i in range(0, len(x), self.batch_size):
-                logits.append(net(x[i:i + self.batch_size].to(self.device, torch.float64)))
-        z = torch.cat(logits).cpu()
-        pred, radius, tie, runner = margin_radius(z, pair.cpu(), dim=int(x[0].numel()))
+                xb = x[i:i + self.batch_size].to(self.device, torch.float64)
+                z_b, e_b = replay_with_error(chain, consts, self._cache["last_norm"], xb)
+                own = net(xb)
+                logits.append(z_b.cpu())
+                errors.append(e_b.cpu())
+                same.append((own.reshape(z_b.shape) == z_b).all(dim=1).cpu())
+        z, err, agree = torch.cat(logits), torch.cat(errors), torch.cat(same)
+        if not bool(agree.all()):
+            warnings.warn(f"{int((~agree).sum())} input(s) take another path through the model "
+                          "than its chain of layers (the replay differs from the forward): "
+                          "they abstain", stacklevel=2)
+        slack = math.sqrt(2.0) * err
+        pred, radius, tie, runner = margin_radius(z, pair.cpu(), dim=int(x[0].numel()),
+                                                  slack=slack)
+        tie = tie | ~agree
+        radius = torch.where(agree, radius, torch.zeros_like(radius))
         top2 = z.topk(2, dim=1).values
-        extra = {"margin": (top2[:, 0] - top2[:, 1]), "runner_up": runner}
+        extra = {"margin": (top2[:, 0] - top2[:, 1]), "runner_up": runner,
+                 "rounding_error": slack}
         if self.top_k > 1:
-            extra["topk_radius"], extra["topk_order"] = topk_radii(z, pair.cpu(), self.top_k)
+            rad, order = topk_radii(z, pair.cpu(), self.top_k, dim=int(x[0].numel()),
+                                    slack=slack)
+            extra["topk_radius"] = torch.where(agree[:, None], rad, torch.zeros_like(rad))
+            extra["topk_order"] = order
         return Certificate(
             prediction=pred, radius=radius, abstained=tie, norm="l2",
             method="lipschitz-margin",
@@ -285,13 +359,22 @@ def certificate_from_rows(rows: Sequence[Any]) -> Certificate:
                        extra=extra, labels=cert.labels, index=cert.index)
 
 
+def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """K, from the chain's last layer (the analysis refuses what it cannot bound first)."""
+    check_images(x, "x")
+    last = layer_chain(model, x[:1])[-1].module
+    if not isinstance(last, nn.Linear):
+        raise InputError(f"the model's last layer is a {type(last).__name__}; a margin "
+                         "certificate needs a Linear layer producing the logits")
+    return int(last.out_features)
+
+
 def certify_lipschitz(model: nn.Module, x: torch.Tensor, *, num_classes: int | None = None,
                       method: str = "gram", per_logit: bool = False,
                       labels: torch.Tensor | None = None) -> Certificate:
     """One-call Lipschitz-margin certificate of a batch (see :class:`LipschitzCertifier`)."""
     if num_classes is None:
-        with torch.no_grad(), model_mode(model, False):
-            num_classes = int(model(x[:1]).shape[1])
+        num_classes = _num_classes(model, x)
     cert = LipschitzCertifier(model=model, num_classes=num_classes, method=method,
                               per_logit=per_logit).certify(x)
     if labels is None:
@@ -310,10 +393,7 @@ def predict_or_bottom(model: nn.Module, x: torch.Tensor, eps: float, *,
     certified at eps when its radius exceeds eps (a radius equal to eps leaves a tie
     possible at the boundary).
     """
-    k = num_classes
-    if k is None:
-        with torch.no_grad(), model_mode(model, False):
-            k = int(model(x[:1]).shape[1])
+    k = num_classes if num_classes is not None else _num_classes(model, x)
     cert = certify_lipschitz(model, x, num_classes=k, method=method)
     ok = (~cert.abstained) & (cert.radius > float(eps))
     return torch.where(ok, cert.prediction, torch.full_like(cert.prediction, k))

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from bastion._torch import unwrap
 from bastion.errors import InputError
@@ -97,8 +98,12 @@ class GloRo:
         net = unwrap(model)
         if state.chain is None:
             state.chain = layer_chain(net, x[:1])
-        prefix, w_last = training_bound(state.chain, state.iterates, iters=self.power_iters)
-        logits = at_least_fp32(model(x))
+        # one evaluation of every parametrized weight per step (a spectral-norm constraint
+        # advances its power vector once, and the bound sees the weights the forward uses)
+        with parametrize.cached():
+            prefix, w_last = training_bound(state.chain, state.iterates,
+                                            iters=self.power_iters)
+            logits = at_least_fp32(model(x))
         eps = self.eps_at(ctx.epoch if ctx is not None else 0)
         k_pair = pairwise_from(prefix.float(), w_last.float())
         aug = gloro_logits(logits, k_pair, eps, k=self.top_k)

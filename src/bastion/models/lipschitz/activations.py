@@ -33,6 +33,9 @@ def _channel_dim(x: torch.Tensor, dim: int, who: str) -> int:
             f"{who}(dim={dim}) expects a tensor of shape [N, C, ...] with a dimension {dim}, "
             f"got shape {tuple(x.shape)}"
         )
+    if dim % x.dim() == 0:
+        raise InputError(f"{who}(dim={dim}) would sort across the batch dimension, mixing "
+                         "examples; sort along a feature dimension (dim >= 1)")
     return dim % x.dim()
 
 

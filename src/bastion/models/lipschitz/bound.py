@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from bastion.errors import InputError
 from bastion.models.lipschitz.activations import FullSort, GroupSort, MaxMin
@@ -79,27 +80,44 @@ def _maxpool_constant(m: nn.MaxPool2d) -> float:
     return math.sqrt(reach)
 
 
+def layer_class(m: nn.Module) -> type:
+    """The class whose computation ``m`` runs: its own, or for a parametrized module the
+    class ``torch.nn.utils.parametrize`` derived its ``Parametrized...`` class from.
+
+    Constants are looked up by this exact class, never by ``isinstance``: a subclass may
+    override ``forward`` and compute something else entirely.
+    """
+    cls = type(m)
+    if parametrize.is_parametrized(m):
+        cls = cls.__bases__[0]
+    return cls
+
+
 def activation_constant(m: nn.Module) -> float | None:
     """The L2 Lipschitz constant of a parameter-free or element-wise layer, or None when
-    ``m`` is a linear / conv layer (whose constant is an operator norm) or unknown."""
-    if isinstance(m, _ONE_LIPSCHITZ):
+    ``m`` is a linear / conv layer (whose constant is an operator norm) or unknown (any
+    class not listed here, subclasses of listed ones included)."""
+    cls = layer_class(m)
+    if cls in _ONE_LIPSCHITZ:
         return 1.0
-    if isinstance(m, nn.LeakyReLU):
+    if cls is nn.LeakyReLU:
         return max(1.0, abs(float(m.negative_slope)))
-    if isinstance(m, nn.Sigmoid):
+    if cls is nn.Sigmoid:
         return 0.25
-    if isinstance(m, nn.MaxPool2d):
+    if cls is nn.MaxPool2d:
         return _maxpool_constant(m)
-    if isinstance(m, Normalize):
+    if cls is Normalize:
         return float((1.0 / m.std.double()).max())
-    if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-        if m.training:
-            raise InputError("a BatchNorm layer in train mode has no fixed Lipschitz constant")
+    if cls in (nn.BatchNorm1d, nn.BatchNorm2d):
+        if m.training or m.running_var is None:
+            raise InputError("a BatchNorm layer in train mode or without running statistics "
+                             "(track_running_stats=False) normalises by batch statistics: it "
+                             "mixes examples and has no fixed Lipschitz constant")
         scale = torch.ones_like(m.running_var, dtype=torch.float64)
         if m.weight is not None:
             scale = m.weight.detach().double().abs()
         return float((scale / torch.sqrt(m.running_var.double() + m.eps)).max())
-    if isinstance(m, LinearSpline):
+    if cls is LinearSpline:
         return float(m.lipschitz_constant().detach().double().max())
     return None
 
@@ -116,8 +134,8 @@ def layer_constant(layer: ChainLayer, *, method: str = "gram") -> LayerConstant:
         InputError: for a layer whose constant bastion does not know.
     """
     m = layer.module
-    kind = type(m).__name__
-    if isinstance(m, nn.Linear | nn.Conv2d):
+    kind = layer_class(m).__name__
+    if layer_class(m) in (nn.Linear, nn.Conv2d):
         size = layer.input_shape[1:] if isinstance(m, nn.Conv2d) else None
         value = float(layer_operator_norm(m, size, method=method))
         return LayerConstant(layer.name, kind, value, method, bool(SOUND_METHODS[method]))
@@ -173,7 +191,7 @@ class NetworkBound:
 
 def _split_last(chain: list[ChainLayer]) -> tuple[list[ChainLayer], ChainLayer]:
     last = chain[-1]
-    if not isinstance(last.module, nn.Linear):
+    if layer_class(last.module) is not nn.Linear:
         raise InputError(f"the model's last layer {last.name!r} is a {type(last.module).__name__}"
                          "; a margin certificate needs a Linear layer producing the logits")
     return chain[:-1], last
@@ -198,8 +216,10 @@ def network_bound(model: nn.Module, example: torch.Tensor, *, method: str = "gra
     chain = layer_chain(model, example)
     body, last = _split_last(chain)
     fn = constant or (lambda layer: layer_constant(layer, method=method))
-    return NetworkBound(
-        layers=tuple(fn(layer) for layer in body),
-        last_weight=last.module.weight.detach().double().cpu().clone(),
-        last_name=last.name,
-    )
+    layers = tuple(fn(layer) for layer in body)
+    last_weight = last.module.weight.detach().double().cpu().clone()
+    bad = [c.name for c in layers if not (math.isfinite(c.constant) and c.constant >= 0)]
+    if bad or not bool(torch.isfinite(last_weight).all()):
+        raise InputError(f"non-finite Lipschitz constant or weight in {bad or [last.name]}; no "
+                         "certificate can be computed")
+    return NetworkBound(layers=layers, last_weight=last_weight, last_name=last.name)

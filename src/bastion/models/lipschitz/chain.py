@@ -66,6 +66,7 @@ def layer_chain(model: nn.Module, example: torch.Tensor) -> list[ChainLayer]:
             layer's output.
     """
     net = unwrap(model)
+    _refuse_hooks(net)
     leaves = _leaves(net)
     calls: list[tuple[str, nn.Module, tuple[int, ...], tuple[int, ...]]] = []
     seen: set[int] = set()
@@ -117,5 +118,48 @@ def layer_chain(model: nn.Module, example: torch.Tensor) -> list[ChainLayer]:
             not torch.equal(out.detach().reshape(-1), state["prev"].reshape(-1))):
         raise InputError("the model's output is not its last layer's output; the chain "
                          "bound cannot follow it")
+    called = {id(m) for _, m, _, _ in calls}
+    unused = [n for n, m in leaves if id(m) not in called and any(True for _ in m.parameters())]
+    if unused:
+        raise InputError(f"layers {unused} have weights but did not run on the example: the "
+                         "forward takes a data-dependent path, which one chain cannot bound")
+    _refuse_batch_mixing(net, example)
     return [ChainLayer(name=n, module=m, input_shape=i, output_shape=o)
             for n, m, i, o in calls]
+
+
+def _refuse_hooks(net: nn.Module) -> None:
+    """Refuse what the chain cannot see: forward hooks (they can change what a module
+    computes) and batch-statistics BatchNorm (it mixes the examples of a batch)."""
+    from torch.nn.modules import module as torch_module
+
+    global_hooks = [getattr(torch_module, name, {}) for name in (
+        "_global_forward_hooks", "_global_forward_pre_hooks")]
+    if any(len(h) for h in global_hooks):
+        raise InputError("global module forward hooks are registered; they can change what "
+                         "any layer computes, so no bound can be certified")
+    for name, m in net.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is None:
+            raise InputError(f"BatchNorm {name!r} has no running statistics "
+                             "(track_running_stats=False): it normalises every batch by its "
+                             "own statistics, mixing examples, so no bound can be certified")
+        hooks = (m._forward_hooks, m._forward_pre_hooks,
+                 getattr(m, "_forward_hooks_with_kwargs", {}))
+        if any(len(h) for h in hooks):
+            raise InputError(f"module {name or type(m).__name__!r} has forward hooks; they can "
+                             "change what it computes, so no bound can be certified")
+
+
+def _refuse_batch_mixing(net: nn.Module, example: torch.Tensor) -> None:
+    """A layer that mixes the examples of a batch (batch statistics, a sort across dim 0) is
+    not a function of each input: compare a batch of two with each input alone."""
+    other = (example.detach() * 0.5 + 0.25).flip(-1)
+    both = torch.cat([example.detach(), other])
+    with torch.no_grad(), model_mode(net, False):
+        together = net(both)
+        alone = torch.cat([net(example.detach()), net(other)])
+    scale = float(alone.abs().max()) + 1e-30
+    if not torch.allclose(together, alone, rtol=1e-5, atol=1e-6 * scale):
+        raise InputError("the model's output for an input depends on the other inputs of "
+                         "its batch (batch statistics or an operation across the batch): "
+                         "it is not a function a Lipschitz bound can certify")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bastion.errors import InputError
-from bastion.models.lipschitz.bound import _split_last, activation_constant
+from bastion.models.lipschitz.bound import _split_last, activation_constant, layer_class
 from bastion.models.lipschitz.chain import ChainLayer
 from bastion.models.lipschitz.operator_norm import (
     conv_power_bound,
@@ -68,12 +68,15 @@ def layer_estimate(layer: ChainLayer, iterates: PowerIterates, *, iters: int = 1
     conv layers (advancing the layer's persistent vector ``iters`` steps first), the exact
     constant of other layers (a tensor for a learnable spline, so its slopes get gradient)."""
     m = layer.module
-    if isinstance(m, nn.Linear | nn.Conv2d):
+    cls = layer_class(m)
+    if cls is nn.Dropout and m.training:  # train-mode dropout scales kept units by 1/(1-p)
+        return 1.0 / (1.0 - float(m.p)) if m.p < 1 else 0.0
+    if cls in (nn.Linear, nn.Conv2d):
         w = m.weight
         v = iterates.vectors.get(layer.name)
         if v is not None:
             v = v.to(device=w.device, dtype=w.dtype)
-        if isinstance(m, nn.Linear):
+        if cls is nn.Linear:
             _, v = linear_power_bound(w.detach(), v=v, iters=iters)
             iterates.vectors[layer.name] = v
             return power_sigma(lambda u: F.linear(u, w), v)
@@ -83,7 +86,7 @@ def layer_estimate(layer: ChainLayer, iterates: PowerIterates, *, iters: int = 1
                                 iters=iters)
         iterates.vectors[layer.name] = v
         return power_sigma(lambda u: F.conv2d(u, w, None, stride, padding), v)
-    if isinstance(m, LinearSpline):
+    if cls is LinearSpline:
         return m.lipschitz_constant().max()
     c = activation_constant(m)
     if c is None:

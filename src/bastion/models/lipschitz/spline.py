@@ -180,9 +180,13 @@ class LinearSpline(nn.Module):
             )
         vals, slopes = self.constrained()
         k = self.num_knots
-        # Interval j covers [g_j, g_{j+1}); the end intervals extend to -inf / +inf.
-        pos = torch.floor((x.detach() - self.grid[0]) / self.step)
-        idx = torch.nan_to_num(pos, nan=0.0).clamp_(0, k).long()
+        # Interval j covers [g_j, g_{j+1}); the end intervals extend to -inf / +inf. The
+        # interval is found on the stored grid itself (not from the nominal step), so every
+        # switch point is the anchor of both pieces and the function is continuous (a
+        # floor((x - g_0) / T) with a float32-rounded grid jumps by up to ~1e-7 at a knot).
+        inner = self.grid[1:-1].contiguous()
+        idx = torch.searchsorted(inner, torch.nan_to_num(x.detach(), nan=0.0).contiguous(),
+                                 right=True)
         shape = (1, self.num_channels) + (1,) * (x.dim() - 2)
         chan = torch.arange(self.num_channels, device=x.device).view(shape)
         v = vals.reshape(-1)[idx + chan * (k + 2)]
