@@ -58,7 +58,8 @@ def _settings(ev: EvalResult | None, extra: dict[str, Any]) -> dict[str, Any]:
 def _bench_entry(bench: Path, row: dict[str, Any]) -> ReportEntry:
     name = row["name"]
     folder = bench / name / "bench"
-    run_dir = bench / name if row.get("source") == "recipe" else Path(row.get("run_dir", ""))
+    # the trained run: the row's own record (a recipe with ``train_dir`` trains elsewhere)
+    run_dir = Path(row["run_dir"]) if row.get("run_dir") else bench / name
     evals = [load_record(EvalResult, p) for p in sorted(folder.glob("attacks-*.json"))]
     evals += [load_record(EvalResult, p) for p in sorted(folder.glob("minimal-*.json"))]
     ev = _merge(evals)
