@@ -96,3 +96,29 @@ def test_lipschitz_protocol_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="gram"):
         load_suite(tmp_path / "suite.yaml")
     assert Path(tmp_path / "suite.yaml").is_file()
+
+
+def test_report_reads_a_smoothing_defense_trained_elsewhere(tmp_path):
+    """A recipe with ``train_dir`` trains outside the bench folder; the report must read its
+    config from there (it once looked in the bench folder and failed)."""
+    from bastion.bench.collect import collect
+
+    (tmp_path / "gauss.yaml").write_text(RECIPE.format(method="gaussian-noise",
+                                                       options="{sigma: 0.25}"))
+    (tmp_path / "suite.yaml").write_text("""\
+name: elsewhere
+protocol:
+  n_test: 30
+  batch_size: 30
+  empirical:
+    - {norm: l2, eps: 0.3, attacks: [{name: pgd, steps: 5}]}
+  certified: {n0: 10, n: 100, alpha: 0.01, n_inputs: 20, radii: [0.0, 0.25], attack: null}
+  checks: false
+defenses:
+  - {name: gauss, recipe: gauss.yaml, train_dir: runs/gauss}
+""")
+    run_suite(tmp_path / "suite.yaml", tmp_path / "out")
+    assert (tmp_path / "runs" / "gauss" / "config.yaml").is_file()
+    assert not (tmp_path / "out" / "gauss" / "config.yaml").exists()
+    _, entries, _, _ = collect(tmp_path / "out")
+    assert entries[0].certificate is not None and entries[0].history is not None
