@@ -76,7 +76,7 @@ def recipe(tmp_path):
     ({"method_options": {"beta": 1.0}}, "config.method_options",
      "unknown option(s) ['beta'] for method 'standard'"),
     ({"method": "trades", "method_options": {"beta": -1.0}}, "config.method_options", "beta"),
-    ({"model": "vgg"}, "config.model", "valid names: lenet, mlp"),
+    ({"model": "vgg"}, "config.model", "valid names: lenet, lipschitz-cnn, lipschitz-mlp, mlp"),
     ({"model_options": {"width": 3}}, "config.model_options", "valid options: hidden"),
     ({"model_options": {"num_classes": 3}}, "config.model_options", "from the dataset"),
     ({"device": "foo"}, "config.device", "not a device name"),
