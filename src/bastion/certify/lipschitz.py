@@ -159,12 +159,11 @@ def topk_certified_accuracy(cert: Certificate, labels: torch.Tensor, radii: Sequ
     if "topk_radius" not in cert.extra:
         raise InputError("the certificate has no top-k radii (certify with top_k > 1)")
     rad, order = cert.extra["topk_radius"], cert.extra["topk_order"]
-    k = rad.shape[1]
     member = (order == labels.view(-1, 1)).cumsum(dim=1) > 0        # label in top-k'
     out = []
     for r in radii:
         ok = member & (rad > float(r))
-        out.append(float(ok.any(dim=1).double().mean()) if k else 0.0)
+        out.append(float(ok.any(dim=1).double().mean()))
     return out
 
 
@@ -208,7 +207,6 @@ class LipschitzCertifier:
     norm: ClassVar[str] = "l2"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_cache", {})  # never shared by dataclasses.replace copies
         if self.method not in SOUND_METHODS:
             raise InputError(f"unknown bound method {self.method!r}; valid: "
                              f"{', '.join(SOUND_METHODS)}")

@@ -42,9 +42,9 @@ def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules with no children (a parametrized layer counts as one leaf)."""
     out = []
     for name, m in model.named_modules():
-        children = [c for n, c in m.named_children() if n != "parametrizations"]
-        if not children and not (name.endswith("parametrizations") or ".parametrizations." in
-                                 f".{name}."):
+        if "parametrizations" in name.split("."):
+            continue  # the parametrization modules inside a parametrized layer
+        if all(n == "parametrizations" for n, _ in m.named_children()):
             out.append((name, m))
     return out
 

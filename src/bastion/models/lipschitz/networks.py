@@ -126,8 +126,8 @@ class LipschitzCNN(_Chain):
         items.append(("flatten", nn.Flatten()))
         items += _dense_head(c_prev * h * w, widths, num_classes, activation, spline_knots,
                              "act_fc{}")
-        self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, (
-            _as_hw(input_size))
+        self.num_classes, self.in_channels = num_classes, in_channels
+        self.input_size = _as_hw(input_size)
         self._finish(items, constraint, lipschitz, conv_inputs, power_iters)
 
 
