@@ -1,5 +1,5 @@
-"""Command-line interface: ``bastion train | eval | certify | certify-lipschitz | bench | report |
-demo``.
+"""Command-line interface: ``bastion train | eval | certify | certify-lipschitz |
+certify-mmcert | bench | report | demo``.
 
 Thin by design: each command parses its options, calls one library function from
 ``bastion.runs`` or ``bastion.bench`` and shows progress and a short table. Everything it
@@ -363,6 +363,54 @@ def cmd_certify_lipschitz(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certify_mmcert(args: argparse.Namespace) -> int:
+    """MMCert: certified l0 budgets per modality of a sub-sampling run's test set."""
+    from bastion.bench.plots import plot_certified_accuracy
+    from bastion.certify.mmcert import direction_certificates
+    from bastion.runs import certify_mmcert_run
+
+    check_run_dir(args.run_dir)
+    if args.budgets is not None and any(b < 0 for b in args.budgets):
+        raise InputError(f"--budgets must be >= 0, got {args.budgets}")
+    bars: list[tqdm] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, initial=done, unit="img", dynamic_ncols=True,
+                             desc=f"certify {'mmcert' if args.bound == 'top2' else 'ablation'}"))
+        bars[0].n = done
+        bars[0].refresh()
+
+    try:
+        res = certify_mmcert_run(
+            args.run_dir, keep=tuple(args.keep) if args.keep else None, n0=args.n0, n=args.n,
+            alpha=args.alpha, operations=args.operations, bound=args.bound,
+            checkpoint=args.checkpoint, n_inputs=args.n_inputs, skip=args.skip,
+            batch_size=args.batch_size, out=args.out, budgets=args.budgets,
+            progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    if res.summary is None:
+        return 0
+    s = res.summary
+    certs = direction_certificates(res.rows)
+    plot_path = plot_certified_accuracy(
+        {f"{name} (r per modality)": c for name, c in certs.items()},
+        res.out_path.with_suffix(".png"),
+        title=f"{load_config_of(args.run_dir).dataset}: certified accuracy vs l0 budget")
+    rows: list[tuple[str, Any]] = [("points", str(s["n"]))]
+    for name in certs:
+        accs = ", ".join(f"r={b}: {_rate(a)}" for b, a in
+                         zip(s["budgets"], s[name]["certified_accuracy"], strict=True))
+        rows.append((f"{name}", accs))
+        rows.append((f"{name}: mean certified budget", f"{s[name]['mean_budget']:.2f}"))
+    rows += [("seconds per input", f"{s['seconds_per_input']:.2f}")]
+    print(_table(rows))
+    print(f"rows: {res.out_path}\nplot: {plot_path}")
+    return 0
+
+
 _ROOT = Path(__file__).resolve().parents[2]
 DEMO_SUITE = _ROOT / "benchmarks" / "suites" / "quick.yaml"
 
@@ -556,6 +604,30 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--compare", action="extend", nargs="+", default=[], metavar="JSONL",
                     help="other certification files (e.g. smoothing's) on the same plot")
     cl.set_defaults(func=cmd_certify_lipschitz)
+
+    cm = sub.add_parser("certify-mmcert",
+                        help="MMCert: certified l0 budgets per modality of a sub-sampling "
+                        "run's test set (arXiv 2403.19080)", formatter_class=fmt)
+    cm.add_argument("run_dir", help="run folder of a model trained with the 'subsample' method")
+    cm.add_argument("--keep", type=int, nargs="+", default=None,
+                    help="elements kept per modality (default: the run's training keep)")
+    cm.add_argument("--n0", type=int, default=100, help="selection sub-samples per input")
+    cm.add_argument("--n", type=int, default=10_000, help="estimation sub-samples per input")
+    cm.add_argument("--alpha", type=float, default=0.001, help="failure probability per input")
+    cm.add_argument("--operations", default="modify", choices=("modify", "any"),
+                    help="the attacker modifies elements, or also adds and deletes them")
+    cm.add_argument("--bound", default="top2", choices=("top2", "complement"),
+                    help="MMCert's Bonferroni bounds on p_A and p_B, or p_B = 1 - p_A "
+                    "(randomized ablation)")
+    cm.add_argument("--checkpoint", default="last", choices=("last", "best"))
+    cm.add_argument("--n-inputs", type=int, default=None, help="at most this many test images")
+    cm.add_argument("--skip", type=int, default=1, help="certify every skip-th test image")
+    cm.add_argument("--batch-size", type=int, default=1000, help="sub-samples per forward pass")
+    cm.add_argument("--budgets", type=int, nargs="+", default=None,
+                    help="budgets (elements per modality) of the certified-accuracy table")
+    cm.add_argument("--out", default=None, help="JSONL rows file (default "
+                    "RUN_DIR/certify/mmcert-<settings>.jsonl); resumed")
+    cm.set_defaults(func=cmd_certify_mmcert)
 
     b = sub.add_parser("bench", help="train/load, attack, certify and check every defense of "
                        "a suite; leaderboard and report", formatter_class=fmt)

@@ -49,7 +49,7 @@ import yaml
 from bastion._validate import check_device
 from bastion.attacks.spec import ATTACKS, AttackName, AttackSpec
 from bastion.attacks.threat import ThreatModel
-from bastion.data.registry import DATASET_INFO, DATASETS
+from bastion.data.registry import DATASET_INFO, DATASETS, DatasetName
 from bastion.errors import BastionError, ConfigError, InputError, InputTypeError, MissingFileError
 from bastion.models.registry import MODELS, build, check_architecture
 from bastion.preprocess.registry import PREPROCESSORS, TRAINED, resolved_options
@@ -130,7 +130,7 @@ class TrainConfig:
     refused. ``validate`` checks that torch can run bf16 autocast on the device.
     """
 
-    dataset: Literal["fashion-mnist", "mnist", "cifar10", "digits"] = "fashion-mnist"
+    dataset: DatasetName = "fashion-mnist"
     data_dir: str | None = None
     train_subset: int | None = None
     model: str = "small-cnn"

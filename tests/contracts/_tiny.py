@@ -141,3 +141,64 @@ def exact_distance(model: nn.Sequential, x: torch.Tensor, norm: str) -> torch.Te
 
 def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return delta.flatten(1).double().norm(p=PNORM[norm], dim=1)
+
+
+class PixelVotes(nn.Module):
+    """A two-class base classifier of sub-sampled inputs whose smoothed classifier is known.
+
+    Reads the ``models.ablation`` convention for one modality (``[N, C + 1, H, W]``: kept
+    values, then the keep mask) and votes class 1 iff the mean of the kept pixels exceeds
+    ``threshold`` (absent pixels count as 0, so with one pixel kept the vote is ``x_p >
+    threshold`` for the kept ``p``). With ``keep = 1`` the sub-sampling probability of class
+    1 is exactly the fraction ``c / n`` of the ``n`` pixels above ``threshold``; an attacker
+    who modifies a pixel flips at most its own vote, so the smallest number of modified pixels
+    that makes the smoothed classifier's top class lose its strict majority is ``|2c - n| / 2``
+    rounded up (``exact_l0_distance``).
+    """
+
+    def __init__(self, hw: tuple[int, int], threshold: float = 0.5) -> None:
+        super().__init__()
+        from bastion.models.ablation import ModalityLayout
+
+        self.modality_layout = ModalityLayout((1,))
+        self.input_size = hw
+        self.threshold = threshold
+        self.scale = nn.Parameter(torch.ones(()))  # a parameter, so the model has a device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values, mask = x[:, :1], x[:, 1:]
+        mean = values.sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1)
+        z = self.scale * (mean - self.threshold)
+        return torch.stack([-z / 2, z / 2], dim=1)
+
+
+def pixel_vote_fraction(model: PixelVotes, x: torch.Tensor) -> torch.Tensor:
+    """float64 [N]: the exact probability of class 1 with one kept pixel."""
+    return (x.flatten(1) > model.threshold).double().mean(dim=1)
+
+
+def exact_l0_distance(model: PixelVotes, x: torch.Tensor) -> torch.Tensor:
+    """float64 [N]: fewest modified pixels after which the smoothed classifier (one kept
+    pixel) no longer has the same strict top class: ``ceil(|2c - n| / 2)``."""
+    n = x[0].numel()
+    c = (x.flatten(1) > model.threshold).double().sum(dim=1)
+    return torch.ceil((2 * c - n).abs() / 2)
+
+
+def tiny_subsampling_model(in_channels: int, hw: tuple[int, int], num_classes: int,
+                           seed: int = 0) -> nn.Sequential:
+    """A tiny CNN for sub-sampled inputs (``models.ablation``: kept values, then one
+    keep-mask channel), behind a ``Normalize`` with one mask channel, declaring its
+    one-modality ``modality_layout`` and ``input_size``; built with a fixed seed that leaves
+    the global RNG alone. In train mode."""
+    from bastion.models.ablation import ModalityLayout
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = nn.Sequential(
+            Normalize((0.5,) * in_channels, (0.25,) * in_channels, mask_channels=1),
+            nn.Conv2d(in_channels + 1, 4, 3, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(4 * hw[0] * hw[1], num_classes))
+    model.modality_layout = ModalityLayout((in_channels,))
+    model.input_size = hw
+    return model.train()

@@ -18,6 +18,12 @@ changes the prediction (l2: L2 PGD, linf: L-inf PGD; l1: bastion has no l1 attac
 exact distance is the check); the certificate of an input does not depend on which inputs
 are certified with it; the base model's modes and gradients are left alone.
 
+A certifier of l0 budgets (``norm = "l0"``: MMCert's sub-sampling) draws no noise and has
+its own problem: ``PixelVotes`` on 4x4 images with one pixel kept per sub-sample, whose
+smoothed classifier is class 1 iff most pixels exceed 1/2 and whose exact l0 distance (the
+fewest modified pixels that end that strict majority) is known (``_tiny.exact_l0_distance``);
+the certified budget must lie below it.
+
 The guarantee is probabilistic (each radius holds with probability >= 1 - alpha). The runs
 are seeded, and ``alpha`` is lowered to ``ALPHA`` where the certifier has that field, so
 that a legitimate change of the noise stream is unlikely to trip a tight comparison.
@@ -41,12 +47,15 @@ from bastion.noise import NOISES, from_std
 from bastion.records import Certificate
 from bastion.types import CERT_NORMS
 from tests.contracts._tiny import (
+    PixelVotes,
     exact_distance,
+    exact_l0_distance,
     grads_left,
     linear_binary,
     linear_margin,
     mode_flags,
     perturbation_norm,
+    pixel_vote_fraction,
 )
 
 STD = 0.25  # per-coordinate noise standard deviation, pixel units
@@ -56,7 +65,8 @@ POINTS = 16
 MAX_DISTANCE = 0.3  # every point's nearest boundary point is inside [0, 1]^d
 ATTACK_NORMS = ("l2", "linf")
 # Extra settings of a certifier tested besides its ``small`` defaults.
-VARIANTS: dict[str, list[dict[str, Any]]] = {"smoothing-cohen": [{"two_class": True}]}
+VARIANTS: dict[str, list[dict[str, Any]]] = {"smoothing-cohen": [{"two_class": True}],
+                                          "mmcert": [{"bound": "complement"}]}
 
 
 def _noises() -> list[tuple[str, Any]]:
@@ -86,6 +96,8 @@ def _noise_cases(name: str) -> list[tuple[str, Any]]:
     one that draws no noise (``NOISE_FREE``, e.g. the Lipschitz margin), the first noise
     case of the norm it certifies (the noise only picks the problem's norm)."""
     cls = CERTIFIERS[name]
+    if getattr(cls, "norm", None) == "l0":
+        return [("subsample-l0", None)]
     if not getattr(cls, "NOISE_FREE", False):
         return NOISE_CASES
     return [next(c for c in NOISE_CASES if c[1].norm == cls.norm)]
@@ -97,7 +109,22 @@ CASES = [
 ]
 
 
-def _problem(norm: str) -> tuple[torch.nn.Sequential, torch.Tensor]:
+L0_SIDE = 4  # 16 pixels, one kept per sub-sample
+
+
+def _l0_problem() -> tuple[PixelVotes, torch.Tensor]:
+    """``PixelVotes`` and ``POINTS`` 4x4 images with 0 to 16 pixels above 1/2."""
+    g = torch.Generator().manual_seed(12)
+    n = L0_SIDE * L0_SIDE
+    above = torch.linspace(0, n, POINTS).round().long()
+    x = 0.5 * torch.rand(POINTS, n, generator=g)  # all below the threshold
+    for i, c in enumerate(above.tolist()):
+        pos = torch.randperm(n, generator=g)[:c]
+        x[i, pos] = 0.55 + 0.4 * torch.rand(c, generator=g)
+    return PixelVotes((L0_SIDE, L0_SIDE)), x.view(POINTS, 1, L0_SIDE, L0_SIDE)
+
+
+def _problem(norm: str) -> tuple[torch.nn.Module, torch.Tensor]:
     """A two-class linear model and ``POINTS`` interior inputs at distances up to
     ``MAX_DISTANCE`` from its boundary, on both sides of it.
 
@@ -105,7 +132,10 @@ def _problem(norm: str) -> tuple[torch.nn.Sequential, torch.Tensor]:
     inflated radius shows: any direction for l2 (Gaussian smoothing is rotation
     invariant), an axis for l1 (Laplace and uniform radii are exact in one dimension),
     all coordinates equally for linf (the uniform l-inf radius comes closest there).
+    For l0: ``_l0_problem``.
     """
+    if norm == "l0":
+        return _l0_problem()
     d = math.prod(SHAPE)
     g = torch.Generator().manual_seed(11)
     if norm == "l2":
@@ -137,7 +167,13 @@ def _build(name: str, opts: dict[str, Any], model, noise) -> Any:
     cls = CERTIFIERS[name]
     fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     settings = {**({"alpha": ALPHA} if "alpha" in fields else {}), **opts}
+    if getattr(cls, "norm", None) == "l0":
+        settings.setdefault("keep", (1,))
     return cls.small(model, 2, noise=noise, **settings)
+
+
+def _norm(name: str, noise) -> str:
+    return CERTIFIERS[name].norm if noise is None else noise.norm
 
 
 def _generators(n: int, offset: int = 0) -> list[torch.Generator]:
@@ -146,7 +182,7 @@ def _generators(n: int, offset: int = 0) -> list[torch.Generator]:
 
 def _certify(name, opts, noise_case):
     label, noise = noise_case
-    model, x = _problem(noise.norm)
+    model, x = _problem(_norm(name, noise))
     certifier = _build(name, opts, model, noise)
     return model, x, certifier, certifier.certify(x, _generators(len(x)))
 
@@ -154,7 +190,7 @@ def _certify(name, opts, noise_case):
 @pytest.mark.parametrize(("name", "opts", "noise_case"), CASES)
 def test_certificate_record_and_protocol(name, opts, noise_case):
     _, noise = noise_case
-    model, x = _problem(noise.norm)
+    model, x = _problem(_norm(name, noise))
     model.train()  # the certifier must run it in eval mode and restore the flags
     flags = mode_flags(model)
     certifier = _build(name, opts, model, noise)
@@ -169,7 +205,7 @@ def test_certificate_record_and_protocol(name, opts, noise_case):
     assert cert.prediction.dtype == torch.int64 and cert.prediction.shape == (len(x),)
     assert ((cert.prediction >= 0) & (cert.prediction < 2)).all()
     assert cert.radius.dtype == torch.float64 and cert.abstained.dtype == torch.bool
-    assert cert.norm == noise.norm, f"{name}: certificate in {cert.norm}, noise {noise.norm}"
+    assert cert.norm == _norm(name, noise), f"{name}: certificate in {cert.norm}, noise {noise}"
     assert (cert.radius[cert.abstained] == 0).all(), "an abstention with a radius"
     assert (cert.radius >= 0).all() and torch.isfinite(cert.radius).all()
     assert isinstance(cert.method, str) and cert.method
@@ -188,6 +224,17 @@ def test_certificate_is_never_contradicted(name, opts, noise_case):
     model, x, _, cert = _certify(name, opts, noise_case)
     norm = cert.norm
     ok = ~cert.abstained
+    if norm == "l0":
+        g_x = (pixel_vote_fraction(model, x) > 0.5).long()
+        assert torch.equal(cert.prediction[ok], g_x[ok]), (
+            f"{name}: certified a class the smoothed classifier does not predict at x")
+        dist = exact_l0_distance(model, x)
+        over = ok & (cert.radius >= dist)
+        assert not over.any(), (
+            f"{name}: certified {cert.radius[over].tolist()} modified pixels where "
+            f"{dist[over].tolist()} change the prediction")
+        assert (cert.radius[ok] > 0).any(), f"{name}: no positive l0 radius; check is vacuous"
+        return
     with torch.no_grad():
         f_x = (linear_margin(model, x) > 0).long()
     assert torch.equal(cert.prediction[ok], f_x[ok]), (
@@ -222,7 +269,7 @@ def test_certificate_is_never_contradicted(name, opts, noise_case):
 def test_certificate_does_not_depend_on_batching(name, opts):
     """Input ``j`` draws from ``generators[j]`` only (``pipeline.Certifier``)."""
     noise = _noise_cases(name)[0][1]
-    model, x = _problem(noise.norm)
+    model, x = _problem(_norm(name, noise))
     certifier = _build(name, opts, model, noise)
     gens = _generators(len(x))
     whole = certifier.certify(x, gens)

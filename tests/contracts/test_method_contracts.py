@@ -80,11 +80,20 @@ def _lipschitz_model() -> torch.nn.Module:
     return model.train()
 
 
+def _subsample_model() -> torch.nn.Module:
+    """Sub-sampling training feeds kept values plus a keep-mask channel
+    (``models.ablation``), which the generic model's first layer refuses."""
+    from tests.contracts._tiny import NUM_CLASSES, SHAPE, tiny_subsampling_model
+
+    return tiny_subsampling_model(SHAPE[0], SHAPE[1:], NUM_CLASSES)
+
+
 # Methods that cannot train the generic ``fitted_model`` and the model each is driven with
 # instead (built the same way on every call). Add an entry only for a method whose model
 # must have another structure (a defense in front of a classifier), never to make a test
 # pass or run faster; the contract itself is the same.
-MODELS: dict[str, Callable[[], torch.nn.Module]] = {"hgd": _hgd_model, "gloro": _lipschitz_model}
+MODELS: dict[str, Callable[[], torch.nn.Module]] = {"hgd": _hgd_model, "gloro": _lipschitz_model,
+                                                   "subsample": _subsample_model}
 
 
 def _model(name: str) -> torch.nn.Module:

@@ -317,7 +317,8 @@ def test_corrupt_fashion_file_gives_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_unknown_name_or_split_lists_the_choices() -> None:
-    assert DATASETS == ("fashion-mnist", "mnist", "cifar10", "digits")
+    assert DATASETS == ("fashion-mnist", "mnist", "cifar10", "digits", "fashion-mnist-pairs",
+                        "fashion-mnist-pairs-wide")
     with pytest.raises(ValueError, match="imagenet") as info:
         load_dataset("imagenet", "train")  # type: ignore[arg-type]
     assert all(name in str(info.value) for name in DATASETS)

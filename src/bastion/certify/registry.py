@@ -51,6 +51,7 @@ from bastion._torch import unwrap
 from bastion._validate import check_images
 from bastion.certify.forward import MemoryFormat, Precision
 from bastion.certify.lipschitz import LipschitzCertifier
+from bastion.certify.mmcert import MMCertCertifier
 from bastion.certify.pipeline import Progress, certify_dataset
 from bastion.certify.smoothing import SmoothedClassifier, num_classes_of
 from bastion.certify.smoothing_certifiers import (
@@ -67,6 +68,7 @@ CERTIFIERS: dict[str, type[Any]] = {
     "smoothing-sequential": SequentialCertifier,
     "smoothing-predict": PredictCertifier,
     "lipschitz": LipschitzCertifier,
+    "mmcert": MMCertCertifier,
 }
 """Certifier classes by name; see the module docstring for how to build each."""
 

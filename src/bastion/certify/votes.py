@@ -43,8 +43,9 @@ class Randomization(Protocol):
     """A random transformation ``T`` of one input, drawn ``m`` times.
 
     ``draw(x, m, generator)`` takes one input ``x`` of shape [C, H, W] (float, on its
-    device) and returns ``m`` randomised copies, float [m, C, H, W] on ``x``'s device and
-    dtype, drawn from ``generator`` only (a ``torch.Generator`` on ``x``'s device).
+    device) and returns ``m`` randomised copies, float [m, C', H, W] on ``x``'s device and
+    dtype (``C' = C`` for noise; a sub-sample appends keep-mask channels), drawn from
+    ``generator`` only (a ``torch.Generator`` on ``x``'s device).
     ``VoteCounter`` calls it with ``m <= NOISE_BLOCK`` and successive calls continue the
     generator's stream. ``params()`` is the JSON-safe description written in certificate
     headers (e.g. ``{"noise": "gaussian", "sigma": 0.25}``).
@@ -125,11 +126,12 @@ class VoteCounter:
         if b == 0 or num == 0:
             return counts.view(b, k)
         cap = min(self.batch_size, b * num)
-        buf = empty_batch(cap, x, self.memory_format)
+        buf: torch.Tensor | None = None  # shaped like the copies (a sub-sample adds channels)
         owner = torch.empty(cap, dtype=torch.int64, device=device)
         fill = 0
 
         def flush(m: int) -> None:
+            assert buf is not None
             with autocast(device, self.precision):
                 logits = self.model(buf[:m])
             if logits.dim() != 2 or logits.shape[1] != k:
@@ -146,6 +148,8 @@ class VoteCounter:
             while left > 0:
                 m = min(NOISE_BLOCK, left)
                 copies = self.randomization.draw(x[i], m, generators[i])
+                if buf is None:
+                    buf = empty_batch(cap, copies, self.memory_format)
                 off = 0
                 while off < m:
                     take = min(cap - fill, m - off)

@@ -10,6 +10,8 @@ Datasets and the module that loads each:
 - ``"fashion-mnist"`` (default of the project): :mod:`bastion.data.fashion_mnist`.
 - ``"mnist"`` and ``"cifar10"``: :mod:`bastion.data.torchvision_sets`.
 - ``"digits"``: :mod:`bastion.data.digits` (no files needed, for fast tests).
+- ``"fashion-mnist-pairs"`` and ``"fashion-mnist-pairs-wide"``: two views of the same class
+  per example (MMCert's benchmark here), :mod:`bastion.data.pairs`.
 
 Example:
     >>> from bastion.data import load_dataset
@@ -32,13 +34,15 @@ from bastion._validate import check_choice
 from bastion.data.dataset import SPLITS, ImageDataset, Split
 from bastion.data.digits import _load_digits
 from bastion.data.fashion_mnist import _load_fashion_mnist
+from bastion.data.pairs import paired
 from bastion.data.torchvision_sets import _load_cifar10, _load_mnist
 
 __all__ = ["DATASETS", "DATASET_INFO", "DatasetInfo", "DatasetName", "load_dataset"]
 
 logger = logging.getLogger(__name__)
 
-DatasetName = Literal["fashion-mnist", "mnist", "cifar10", "digits"]
+DatasetName = Literal["fashion-mnist", "mnist", "cifar10", "digits", "fashion-mnist-pairs",
+                      "fashion-mnist-pairs-wide"]
 """Names accepted by :func:`load_dataset`."""
 
 DATASETS: tuple[str, ...] = get_args(DatasetName)
@@ -66,6 +70,8 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo((1, 28, 28), 10, 60_000, 10_000),
     "cifar10": DatasetInfo((3, 32, 32), 10, 50_000, 10_000),
     "digits": DatasetInfo((1, 8, 8), 10, 1_500, 297),
+    "fashion-mnist-pairs": DatasetInfo((2, 28, 28), 10, 60_000, 10_000),
+    "fashion-mnist-pairs-wide": DatasetInfo((1, 28, 56), 10, 60_000, 10_000),
 }
 """Image shape, classes and split sizes of each of :data:`DATASETS` (the tests check them
 against the loaders)."""
@@ -122,6 +128,8 @@ def load_dataset(
     check_choice(split, SPLITS, "split")
     if name == "fashion-mnist":
         return _load_fashion_mnist(split, data_dir)
+    if name in ("fashion-mnist-pairs", "fashion-mnist-pairs-wide"):
+        return paired(_load_fashion_mnist(split, data_dir), wide=name.endswith("-wide"))
     if name == "mnist":
         return _load_mnist(split, data_dir)
     if name == "cifar10":

@@ -34,11 +34,16 @@ class Normalize(nn.Module):
         input_size: ``(H, W)`` (or one int for square images) the model was built for;
             None (the default) accepts any size (architectures with global pooling). Kept
             as a plain attribute, not a buffer, so checkpoints do not change.
+        mask_channels: T keep-mask channels that may follow the C image channels (the
+            sub-sampled inputs of ``bastion.models.ablation``; default 0, none). They pass
+            unchanged; an input without them is complete and gets all-ones masks.
 
     Shape:
         - Input: ``[N, C, H, W]`` with ``C == len(mean)`` (and ``(H, W) == input_size``
           when given).
-        - Output: ``[N, C, H, W]``, same dtype and memory format as the input.
+        - Output: ``[N, C, H, W]``, same dtype and memory format as the input; with
+          ``mask_channels=T``, input ``[N, C, H, W]`` or ``[N, C + T, H, W]`` and output
+          ``[N, C + T, H, W]``.
 
     Example:
         >>> norm = Normalize((0.5,), (0.25,))
@@ -55,8 +60,13 @@ class Normalize(nn.Module):
         std: Sequence[float],
         *,
         input_size: int | Sequence[int] | None = None,
+        mask_channels: int = 0,
     ) -> None:
         super().__init__()
+        if isinstance(mask_channels, bool) or not isinstance(mask_channels, int) or (
+                mask_channels < 0):
+            raise InputError(f"mask_channels must be an int >= 0, got {mask_channels!r}")
+        self.mask_channels = mask_channels
         mean_t = [float(m) for m in mean]
         std_t = [float(s) for s in std]
         if len(mean_t) == 0:
@@ -84,9 +94,10 @@ class Normalize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` of shape ``[N, C, H, W]`` channel by channel."""
         size = self.input_size
+        c, t = self.num_channels, self.mask_channels
         if (
             x.dim() != 4
-            or x.shape[1] != self.mean.shape[1]
+            or x.shape[1] not in ((c, c + t) if t else (c,))
             or (size is not None and tuple(x.shape[2:]) != size)
         ):
             built = "" if size is None else f", built for {size[0]}x{size[1]} images"
@@ -94,12 +105,18 @@ class Normalize(nn.Module):
                 f"the model expects an NCHW batch of shape {self.expected_shape()} "
                 f"({self.num_channels} channel(s){built}), got shape {tuple(x.shape)}"
             )
-        return (x - self.mean) / self.std
+        if not t:
+            return (x - self.mean) / self.std
+        values = (x[:, :c] - self.mean) / self.std
+        masks = x[:, c:] if x.shape[1] == c + t else values.new_ones(
+            (x.shape[0], t, *x.shape[2:]))
+        return torch.cat([values, masks], dim=1)
 
     def expected_shape(self) -> str:
         """The input shape the layer accepts, e.g. ``[N, 1, 28, 28]`` or ``[N, 3, H, W]``."""
         h, w = ("H", "W") if self.input_size is None else self.input_size
-        return f"[N, {self.num_channels}, {h}, {w}]"
+        masks = f" or {self.num_channels + self.mask_channels}" if self.mask_channels else ""
+        return f"[N, {self.num_channels}{masks}, {h}, {w}]"
 
     def extra_repr(self) -> str:
         mean = ", ".join(f"{m:.4g}" for m in self.mean.flatten().tolist())

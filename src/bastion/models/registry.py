@@ -19,6 +19,7 @@ from bastion.errors import InputError, InputTypeError
 from bastion.models.lenet import LeNet
 from bastion.models.lipschitz.networks import LipschitzCNN, LipschitzMLP
 from bastion.models.mlp import MLP
+from bastion.models.multimodal_cnn import MultiModalCNN
 from bastion.models.normalize import Normalize, _as_hw, _check_positive_int
 from bastion.models.preact_resnet import PreActResNet18
 from bastion.models.small_cnn import SmallCNN
@@ -32,6 +33,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "lipschitz-cnn": LipschitzCNN,
     "lipschitz-mlp": LipschitzMLP,
+    "mm-small-cnn": MultiModalCNN,
 }
 """Architectures by name. Each takes ``num_classes`` and ``in_channels``, plus
 ``input_size`` when its flatten size depends on it, plus its own keyword arguments."""
@@ -57,6 +59,8 @@ DATASET_STATS: dict[str, ChannelStats] = {
     "mnist": ChannelStats(mean=(0.1307,), std=(0.3081,)),
     "cifar10": ChannelStats(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)),
     "digits": ChannelStats(mean=(0.0,), std=(1.0,)),
+    "fashion-mnist-pairs": ChannelStats(mean=(0.2860, 0.2860), std=(0.3530, 0.3530)),
+    "fashion-mnist-pairs-wide": ChannelStats(mean=(0.2860,), std=(0.3530,)),
 }
 """Per-channel mean and std of each dataset's training images in [0, 1] pixel units."""
 
@@ -71,7 +75,8 @@ def dataset_stats(name: str) -> ChannelStats:
     """Per-channel mean and std of a dataset, for :class:`Normalize`.
 
     Args:
-        name: one of ``DATASET_STATS`` ("fashion-mnist", "mnist", "cifar10", "digits").
+        name: one of ``DATASET_STATS`` ("fashion-mnist", "mnist", "cifar10", "digits", the
+            two-view pairs).
 
     Returns:
         :class:`ChannelStats`: ``mean`` and ``std``, tuples with one float per channel, in
@@ -194,12 +199,14 @@ def build(
     params = inspect.signature(MODELS[name]).parameters
     # The flatten size of these architectures depends on the input size: the first layer
     # checks it, so a wrong image size is a clear error, not a matmul shape mismatch.
-    normalize = Normalize(mean, std, input_size=hw if "input_size" in params else None)
-
     common: dict[str, object] = {"num_classes": num_classes, "in_channels": in_channels}
     if "input_size" in params:
         common["input_size"] = hw
     net = MODELS[name](**common, **kwargs)
+    # sub-sampling base classifiers read keep-mask channels after the image (models.ablation)
+    masks = net.num_modalities if getattr(net, "takes_keep_masks", False) else 0
+    normalize = Normalize(mean, std, input_size=hw if "input_size" in params else None,
+                          mask_channels=masks)
     return nn.Sequential(OrderedDict([("normalize", normalize), ("net", net)]))
 
 

@@ -14,10 +14,12 @@ from bastion.train.pgd_at import PGDAT
 from bastion.train.regenerate import RegeneratedAT, RegeneratedSet
 from bastion.train.registry import METHODS, build_method
 from bastion.train.standard import Standard
+from bastion.train.subsampling import SubSampledTraining
 from bastion.train.tla import TLA
 from bastion.train.trades import TRADES
 
 __all__ = ["METHODS", "EvalPlan", "GaussianNoise", "per_epoch_evaluation", "PGDAT", "Standard",
            "build_method", "fit", "TRADES", "CURE", "TLA", "Consistency",
            "FAT", "CAT", "CATState", "RegeneratedAT", "RegeneratedSet", "MACER",
-           "NoiseAugmentation", "GloRo", "GloroState", "HingeKR"]
+           "NoiseAugmentation", "GloRo", "GloroState", "HingeKR",
+           "SubSampledTraining"]

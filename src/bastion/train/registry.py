@@ -28,6 +28,7 @@ from bastion.train.macer import MACER
 from bastion.train.pgd_at import PGDAT
 from bastion.train.regenerate import RegeneratedAT
 from bastion.train.standard import Standard
+from bastion.train.subsampling import SubSampledTraining
 from bastion.train.tla import TLA
 from bastion.train.trades import TRADES
 
@@ -47,6 +48,7 @@ METHODS: dict[str, type] = {
     "hgd": HGD,
     "gloro": GloRo,
     "hkr": HingeKR,
+    "subsample": SubSampledTraining,
 }
 
 

@@ -1,0 +1,71 @@
+"""`bastion train` with the sub-sampling method on two-view Fashion-MNIST and `bastion
+certify-mmcert`: rows, table, plot, per-direction radii, resume, and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bastion.certify.rowstore import read_rows
+from bastion.certify.subsampling_bound import Subsampling, largest_budget
+from bastion.cli import main
+
+RECIPE = {
+    "dataset": "fashion-mnist-pairs", "model": "mm-small-cnn",
+    "model_options": {"channels": [1, 1], "names": ["view1", "view2"], "embedding": 32},
+    "method": "subsample", "method_options": {"keep": [60, 60]},
+    "epochs": 1, "batch_size": 64, "train_subset": 512, "channels_last": False,
+    "optim": {"name": "adam", "lr": 0.002}, "eval": {"attack": None, "n_test": 100},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    from bastion.data import load_dataset
+
+    try:
+        load_dataset("fashion-mnist", "test")
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed")
+    root = tmp_path_factory.mktemp("mmcert")
+    recipe = root / "mmcert.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    out = root / "run"
+    assert main(["train", str(recipe), "--out", str(out)]) == 0
+    return out
+
+
+def test_certify_mmcert_table_rows_and_resume(run, capsys):
+    args = ["certify-mmcert", str(run), "--n0", "20", "--n", "300", "--n-inputs", "6",
+            "--batch-size", "300", "--budgets", "0", "1", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "joint" in out and "view1" in out and "view2" in out and "r=1" in out
+    files = sorted((run / "certify").glob("mmcert-k60x60-n300-*.jsonl"))
+    assert len(files) == 1 and files[0].with_suffix(".png").is_file()
+    rows = read_rows(files[0])
+    assert len(rows) == 6
+    setup = Subsampling((784, 784), (60, 60))
+    for r in rows:  # every direction's radius is the condition's largest budget
+        if r.abstained:
+            assert r.radius == 0 and set(r.details["radii"].values()) == {0}
+            continue
+        for name, w in {"joint": (1, 1), "view1": (1, 0), "view2": (0, 1)}.items():
+            assert r.details["radii"][name] == largest_budget(
+                r.details["p_lower"], r.details["p_upper_b"], setup, w)
+    before = files[0].read_text()
+    assert main(args) == 0  # resumes: nothing left to do, the file unchanged
+    assert files[0].read_text() == before
+
+
+def test_certify_mmcert_errors_are_one_line(run, capsys):
+    assert main(["certify-mmcert", str(run), "--keep", "60", "--n", "10", "--n0", "5",
+                 "--n-inputs", "1", "--bound", "complement"]) == 0  # one keep for every view
+    capsys.readouterr()
+    assert main(["certify-mmcert", str(run), "--keep", "900", "--n-inputs", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "keep" in err and "Traceback" not in err
+    assert main(["certify-mmcert", str(run), "--budgets", "-1"]) != 0
+    assert "Traceback" not in capsys.readouterr().err
