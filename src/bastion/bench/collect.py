@@ -68,6 +68,10 @@ def _bench_entry(bench: Path, row: dict[str, Any]) -> ReportEntry:
         noise = smoothing_noise(load_config_of(run_dir)) if run_dir.is_dir() else None
         norm = certificate_norm(noise[0]) if noise else "l2"
         cert = rows_to_certificate(read_rows(folder / "certify.jsonl"), norm)
+    elif (folder / "certify-mmcert.jsonl").is_file() and row.get("acr") is not None:
+        from bastion.certify.mmcert import direction_certificates
+
+        cert = direction_certificates(read_rows(folder / "certify-mmcert.jsonl"))["joint"]
     elif (folder / "certify-lipschitz.jsonl").is_file() and row.get("acr") is not None:
         cert = certificate_from_rows(read_rows(folder / "certify-lipschitz.jsonl"))
     findings: list[CheckFinding] = []

@@ -433,6 +433,59 @@ def _run_lipschitz(ctx: _Context) -> tuple[Certificate, float] | None:
     return certificate_from_rows(rows), seconds
 
 
+def _run_mmcert(ctx: _Context) -> tuple[Certificate, float] | None:
+    """MMCert's certificate of a defense trained on sub-samples (``suite.MMCertProtocol``),
+    or None where none applies (another method, or a pre-processing defense in front)."""
+    mp = ctx.protocol.mmcert
+    cfg = ctx.defense.config
+    if mp is None or cfg.method != "subsample" or ctx.defense.base is not None:
+        return None
+    from bastion.certify import read_rows
+    from bastion.certify.mmcert import MMCertCertifier, direction_certificates
+    from bastion.models.ablation import layout_of
+
+    stage, fname = "certify-mmcert", "certify-mmcert.jsonl"
+    t = layout_of(ctx.model).num_modalities
+    keep = cfg.method_options.get("keep", [50])
+    keep = list(keep) if isinstance(keep, list | tuple) else [int(keep)]
+    keep = keep * t if len(keep) == 1 else keep
+    fp = ctx.fingerprint({"certify-mmcert": {**dataclasses.asdict(mp), "keep": keep}})
+    path = ctx.stages.folder / fname
+    if ctx.stages.fresh(stage, fp, fname):
+        ctx.hooks.stage(ctx.defense.name, stage, "cached")
+        return direction_certificates(read_rows(path))["joint"], ctx.stages.seconds(stage)
+    old = ctx.stages.manifest.get(stage)
+    if path.exists() and isinstance(old, dict) and old.get("fingerprint") != fp:
+        if _main():
+            path.unlink()  # rows of other settings or weights; same settings resume
+        _barrier()
+    n = min(mp.n_inputs, len(ctx.x))
+    ctx.hooks.stage(ctx.defense.name, stage, "start")
+    update, close = ctx.hooks.bar(f"{ctx.defense.name}: certify (MMCert, keep "
+                                  f"{'+'.join(map(str, keep))})", n)
+    seen = [0]
+
+    def progress(done: int, _total: int) -> None:
+        update(done - seen[0])
+        seen[0] = done
+
+    t0 = time.perf_counter()
+    try:
+        certifier = MMCertCertifier(model=ctx.model, num_classes=ctx.num_classes,
+                                    keep=tuple(keep), n0=mp.n0, n=mp.n, alpha=mp.alpha,
+                                    operations=mp.operations, batch_size=mp.batch_size)  # type: ignore[arg-type]
+        rows = certify_dataset(certifier, ctx.x[:n], ctx.y[:n], out_path=path,
+                               seed=ctx.protocol.seed, progress=progress)
+    finally:
+        close()
+    seconds = time.perf_counter() - t0
+    ctx.stages.done(stage, fp, fname, seconds)
+    ctx.hooks.stage(ctx.defense.name, stage, "done")
+    if not rows:
+        rows = read_rows(path)
+    return direction_certificates(rows)["joint"], seconds
+
+
 def _run_smoothed_attack(ctx: _Context) -> EvalResult | None:
     cp = ctx.protocol.certified
     noise = smoothing_noise(ctx.defense.config)
@@ -552,6 +605,9 @@ def _certified_radii(cert: Certificate | None, protocol: Protocol) -> tuple[floa
         return None
     if cert.method == "lipschitz-margin":
         return protocol.lipschitz.radii if protocol.lipschitz is not None else None
+    if cert.norm == "l0":
+        return (tuple(float(b) for b in protocol.mmcert.budgets)
+                if protocol.mmcert is not None else None)
     return protocol.certified.radii if protocol.certified is not None else None
 
 
@@ -744,7 +800,7 @@ def run_defense(defense: ResolvedDefense, suite: Suite, out: Path,
         results[emp.norm] = _run_attacks(ctx, emp)
         minimal[emp.norm] = _run_minimal(ctx, emp)
         _run_examples(ctx, emp)
-    certified = _run_certify(ctx) or _run_lipschitz(ctx)
+    certified = _run_certify(ctx) or _run_mmcert(ctx) or _run_lipschitz(ctx)
     cert = certified[0] if certified else None
     smoothed = _run_smoothed_attack(ctx) if cert is not None else None
     findings = _run_checks(ctx, results, cert, smoothed)

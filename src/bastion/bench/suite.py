@@ -244,6 +244,40 @@ class LipschitzProtocol:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MMCertProtocol:
+    """Certified l0 budgets by sub-sampling (``certify.mmcert``, MMCert, arXiv 2403.19080).
+
+    Every defense trained with the ``subsample`` method (its base classifier reads
+    sub-sampled inputs) is certified on the first ``n_inputs`` test points with its training
+    ``keep`` counts: ``n0`` selection and ``n`` estimation sub-samples, MMCert's top-2
+    Bonferroni bounds at ``alpha``, attacks that ``modify`` elements (or do ``any`` of
+    modify, add, delete). The leaderboard shows certified accuracy at ``budgets`` (elements
+    of every modality at once, the ``joint`` direction); the rows hold the budget of each
+    modality alone too.
+    """
+
+    n0: int = 100
+    n: int = 1000
+    alpha: float = 0.001
+    n_inputs: int = 200
+    budgets: tuple[int, ...] = (0, 1, 2, 4, 8)
+    operations: str = "modify"
+    batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.n_inputs < 1 or self.n < 1 or self.n0 < 1 or self.batch_size < 1:
+            raise ConfigError("mmcert: n0, n, n_inputs and batch_size must be >= 1")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"mmcert.alpha must be in (0, 1), got {self.alpha}")
+        if not self.budgets or any(b < 0 for b in self.budgets):
+            raise ConfigError(f"mmcert.budgets: at least one whole number >= 0, got "
+                              f"{list(self.budgets)}")
+        if self.operations not in ("modify", "any"):
+            raise ConfigError(f"mmcert.operations must be 'modify' or 'any', got "
+                              f"{self.operations!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Protocol:
     """The evaluation every defense of a suite gets, on the same first ``n_test`` points.
 
@@ -257,10 +291,14 @@ class Protocol:
     empirical: tuple[EmpiricalProtocol, ...] = (EmpiricalProtocol(),)
     certified: CertifiedProtocol | None = field(default_factory=CertifiedProtocol)
     lipschitz: LipschitzProtocol | None = None
+    mmcert: MMCertProtocol | None = None
     checks: bool = True
     check_points: int = 100
 
     def __post_init__(self) -> None:
+        if self.mmcert is not None and self.mmcert.n_inputs > self.n_test:
+            raise ConfigError(f"mmcert.n_inputs ({self.mmcert.n_inputs}) exceeds "
+                              f"n_test ({self.n_test})")
         if self.lipschitz is not None and self.lipschitz.n_inputs > self.n_test:
             raise ConfigError(f"lipschitz.n_inputs ({self.lipschitz.n_inputs}) exceeds "
                               f"n_test ({self.n_test})")
@@ -506,11 +544,13 @@ def load_suite(path: str | Path) -> tuple[Suite, list[ResolvedDefense]]:
 
 
 def protocol_dict(protocol: Protocol) -> dict[str, Any]:
-    """The protocol as plain JSON (for the records and the fingerprints); ``lipschitz`` is
-    left out when not set, so protocols written before it keep their hashes."""
+    """The protocol as plain JSON (for the records and the fingerprints); ``lipschitz`` and
+    ``mmcert`` are left out when not set, so protocols written before them keep their
+    hashes."""
     d = to_dict(protocol)
-    if d.get("lipschitz") is None:
-        d.pop("lipschitz", None)
+    for key in ("lipschitz", "mmcert"):
+        if d.get(key) is None:
+            d.pop(key, None)
     return d
 
 
@@ -520,6 +560,7 @@ __all__ = [
     "DefenseEntry",
     "EmpiricalProtocol",
     "LipschitzProtocol",
+    "MMCertProtocol",
     "PreprocessEntry",
     "MinimalEntry",
     "Protocol",
