@@ -22,6 +22,7 @@ time) and a plot.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -85,12 +86,10 @@ def main() -> None:
                     or platform.machine(), "threads": torch.get_num_threads(),
                     "n0": args.n0, "n": args.n, "alpha": args.alpha,
                     "n_inputs": args.n_inputs, "budgets": BUDGETS, "models": {}}
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         result["cpu"] = next(line.split(":", 1)[1].strip() for line in
                              Path("/proc/cpuinfo").read_text().splitlines()
                              if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     for k in args.keep:
         for kind, recipe, keep, bound in [("mmcert", "mmcert-pairs.yaml", [k, k], "top2"),
                                           ("ablation", "ablation-pairs-wide.yaml", [2 * k],
