@@ -24,12 +24,19 @@ name                        construction                                        
                             radius=0.5, n0=100, n_max=100_000, alpha=0.001)``   0
 ``smoothing-predict``       ``PredictCertifier(smoothed=smoothed, n=100_000,    always 0
                             alpha=0.001)``
+``lipschitz``               ``LipschitzCertifier(model=model,                   the L2
+                            num_classes=k)`` (no noise: the Lipschitz margin)   margin radius
+``mmcert``                  ``MMCertCertifier(model=model, num_classes=k,       l0 budget
+                            keep=(50, 50))`` (no noise: sub-sampling; the       along
+                            model reads sub-sampled inputs)                     ``direction``
 ==========================  ==================================================  ============
 
-Guarantee of every entry, per input: with probability at least 1 - alpha over its draws, if
-it does not abstain, the smoothed classifier ``g(x) = argmax_c P(f(x + eta) = c)`` predicts
-``prediction`` at every point within ``radius`` (in ``cert.norm``). Abstaining inputs have
-radius 0. To check a certificate against an attack, attack the smoothed classifier (e.g. a
+Guarantee of every smoothing entry, per input: with probability at least 1 - alpha over its
+draws, if it does not abstain, the smoothed classifier ``g(x) = argmax_c P(f(x + eta) = c)``
+predicts ``prediction`` at every point within ``radius`` (in ``cert.norm``). Abstaining inputs
+have radius 0. The Lipschitz and MMCert entries state their own guarantees (deterministic; and
+with probability 1 - alpha over the sub-samples, for l0 budgets per modality). To check a
+certificate against an attack, attack the smoothed classifier (e.g. a
 Monte Carlo surrogate of it) within the radius and evaluate it with
 ``certifier.smoothed.predict`` at the attacked points: a non-abstained prediction there
 must not differ from the certified one (except with probability about alpha).
