@@ -309,3 +309,21 @@ def test_log_comb_ratio_matches_integers():
                 continue
             want = Fraction(math.comb(m, k), math.comb(n, k))
             assert abs(math.exp(got) - float(want)) <= 1e-14 * max(1.0, float(want))
+
+
+@pytest.mark.parametrize("operations", ["modify", "any"])
+def test_certified_set_is_closed_under_smaller_budgets(operations):
+    """On the whole grid of (r_1, r_2), not only along rays: certified at R implies certified
+    at every R' <= R componentwise."""
+    rng = random.Random(4)
+    for _ in range(20):
+        setup = Subsampling((rng.randint(30, 120), rng.randint(30, 120)),
+                            (rng.randint(1, 6), rng.randint(1, 6)))
+        p_a = 0.7 + 0.3 * rng.random()
+        p_b = (1 - p_a) * rng.random()
+        grid = np.array([[certified(p_a, p_b, setup, (r1, r2), operations)
+                          for r2 in range(16)] for r1 in range(16)])
+        for r1 in range(16):
+            for r2 in range(16):
+                if grid[r1, r2]:
+                    assert grid[: r1 + 1, : r2 + 1].all(), (setup, p_a, p_b, r1, r2)
