@@ -69,3 +69,27 @@ def test_certify_mmcert_errors_are_one_line(run, capsys):
     assert "keep" in err and "Traceback" not in err
     assert main(["certify-mmcert", str(run), "--budgets", "-1"]) != 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_randomized_ablation_on_the_side_by_side_views(tmp_path, capsys):
+    """One modality of 28x56 (a non-square input: the run records both sides) certified
+    with the complement bound."""
+    from bastion.data import load_dataset
+    from bastion.runs import load_model
+
+    try:
+        load_dataset("fashion-mnist", "test")
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed")
+    recipe = {**RECIPE, "dataset": "fashion-mnist-pairs-wide", "model_options": {},
+              "method_options": {"keep": [120]}}
+    (tmp_path / "wide.yaml").write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run"
+    assert main(["train", str(tmp_path / "wide.yaml"), "--out", str(out)]) == 0
+    model = load_model(out)
+    assert model[0].input_size == (28, 56)
+    assert main(["certify-mmcert", str(out), "--bound", "complement", "--n0", "10", "--n",
+                 "100", "--n-inputs", "2", "--batch-size", "110"]) == 0
+    assert "joint" in capsys.readouterr().out
+    files = list((out / "certify").glob("ablation-k120-n100-*.jsonl"))
+    assert len(files) == 1 and len(read_rows(files[0])) == 2

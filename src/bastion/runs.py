@@ -163,7 +163,8 @@ def _classifier_metadata(cfg: TrainConfig, num_classes: int,
         "build": {
             "num_classes": num_classes,
             "in_channels": shape[0],
-            "input_size": shape[1],
+            # (H, W) for a non-square input (e.g. two views side by side), else the side
+            "input_size": shape[1] if shape[1] == shape[-1] else [shape[1], shape[-1]],
             "dataset": cfg.dataset,
             **cfg.model_options,
         },
