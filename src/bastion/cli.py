@@ -49,6 +49,25 @@ DEBUG_ENV = "BASTION_DEBUG"
 """Environment variable: ``1`` makes user errors show their traceback (as ``--debug``)."""
 
 
+class _CountBar:
+    """``progress(done, total)`` for the certification functions: a tqdm bar of images,
+    created at the first call (once the run is loaded, so errors print cleanly)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar: tqdm | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, initial=done, unit="img", dynamic_ncols=True,
+                            desc=self.desc)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
 def _train_progress(total_epochs: int) -> tuple[Any, Any, Any]:
     bar: dict[str, tqdm] = {}
 
@@ -266,20 +285,12 @@ def cmd_certify(args: argparse.Namespace) -> int:
     for other in args.compare:
         if not Path(other).is_file():
             raise MissingFileError(f"--compare: certification file {other!r} does not exist")
-    bars: list[tqdm] = []
-
-    def progress(done: int, total: int) -> None:
-        if not bars:  # created once the run is loaded, so errors print cleanly
-            bars.append(tqdm(total=total, initial=done, unit="img", dynamic_ncols=True,
-                             desc=f"certify {config.noise} sigma={config.sigma:g}"))
-        bars[0].n = done
-        bars[0].refresh()
+    progress = _CountBar(f"certify {config.noise} sigma={config.sigma:g}")
 
     try:
         res = certify_run(args.run_dir, config, out=args.out, progress=progress)
     finally:
-        for bar in bars:
-            bar.close()
+        progress.close()
     if res.summary is None:  # a rank other than 0 under torchrun
         return 0
     s = res.summary
@@ -322,14 +333,7 @@ def cmd_certify_lipschitz(args: argparse.Namespace) -> int:
             raise MissingFileError(f"--compare: certification file {other!r} does not exist")
     if any(r < 0 for r in args.radii):
         raise InputError(f"--radii must be >= 0, got {args.radii}")
-    bars: list[tqdm] = []
-
-    def progress(done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, initial=done, unit="img", dynamic_ncols=True,
-                             desc=f"certify lipschitz ({args.method})"))
-        bars[0].n = done
-        bars[0].refresh()
+    progress = _CountBar(f"certify lipschitz ({args.method})")
 
     try:
         res = certify_lipschitz_run(args.run_dir, method=args.method, per_logit=args.per_logit,
@@ -337,8 +341,7 @@ def cmd_certify_lipschitz(args: argparse.Namespace) -> int:
                                     skip=args.skip, out=args.out, radii=args.radii,
                                     progress=progress)
     finally:
-        for bar in bars:
-            bar.close()
+        progress.close()
     if res.summary is None:
         return 0
     s = res.summary
@@ -372,14 +375,7 @@ def cmd_certify_mmcert(args: argparse.Namespace) -> int:
     check_run_dir(args.run_dir)
     if args.budgets is not None and any(b < 0 for b in args.budgets):
         raise InputError(f"--budgets must be >= 0, got {args.budgets}")
-    bars: list[tqdm] = []
-
-    def progress(done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, initial=done, unit="img", dynamic_ncols=True,
-                             desc=f"certify {'mmcert' if args.bound == 'top2' else 'ablation'}"))
-        bars[0].n = done
-        bars[0].refresh()
+    progress = _CountBar(f"certify {'mmcert' if args.bound == 'top2' else 'ablation'}")
 
     try:
         res = certify_mmcert_run(
@@ -389,8 +385,7 @@ def cmd_certify_mmcert(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, out=args.out, budgets=args.budgets,
             progress=progress)
     finally:
-        for bar in bars:
-            bar.close()
+        progress.close()
     if res.summary is None:
         return 0
     s = res.summary

@@ -341,6 +341,19 @@ def _run_examples(ctx: _Context, emp: EmpiricalProtocol) -> Path | None:
     return ctx.stages.folder / fname
 
 
+def _done_bar(ctx: _Context, desc: str, total: int
+              ) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """The hooks' bar as a certification ``progress(done, total)`` (done: a running count)."""
+    update, close = ctx.hooks.bar(desc, total)
+    seen = [0]
+
+    def progress(done: int, _total: int) -> None:
+        update(done - seen[0])
+        seen[0] = done
+
+    return progress, close
+
+
 def _run_certify(ctx: _Context) -> tuple[Certificate, float] | None:
     cp = ctx.protocol.certified
     noise = smoothing_noise(ctx.defense.config)
@@ -368,13 +381,8 @@ def _run_certify(ctx: _Context) -> tuple[Certificate, float] | None:
             path.unlink()
         _barrier()
     ctx.hooks.stage(ctx.defense.name, stage, "start")
-    update, close = ctx.hooks.bar(f"{ctx.defense.name}: certify ({noise[0]} "
-                                  f"sigma {noise[1]:g})", cp.n_inputs)
-    seen = [0]
-
-    def progress(done: int, _total: int) -> None:
-        update(done - seen[0])
-        seen[0] = done
+    progress, close = _done_bar(ctx, f"{ctx.defense.name}: certify ({noise[0]} "
+                                f"sigma {noise[1]:g})", cp.n_inputs)
 
     t0 = time.perf_counter()
     try:
@@ -461,13 +469,8 @@ def _run_mmcert(ctx: _Context) -> tuple[Certificate, float] | None:
         _barrier()
     n = min(mp.n_inputs, len(ctx.x))
     ctx.hooks.stage(ctx.defense.name, stage, "start")
-    update, close = ctx.hooks.bar(f"{ctx.defense.name}: certify (MMCert, keep "
-                                  f"{'+'.join(map(str, keep))})", n)
-    seen = [0]
-
-    def progress(done: int, _total: int) -> None:
-        update(done - seen[0])
-        seen[0] = done
+    progress, close = _done_bar(ctx, f"{ctx.defense.name}: certify (MMCert, keep "
+                                f"{'+'.join(map(str, keep))})", n)
 
     t0 = time.perf_counter()
     try:
