@@ -69,6 +69,20 @@ def test_certify_mmcert_errors_are_one_line(run, capsys):
     assert "keep" in err and "Traceback" not in err
     assert main(["certify-mmcert", str(run), "--budgets", "-1"]) != 0
     assert "Traceback" not in capsys.readouterr().err
+    assert main(["certify-mmcert", str(run), "--directions", "ratio=1,x"]) != 0
+    assert "NAME=W1,W2" in capsys.readouterr().err
+
+
+def test_certify_mmcert_along_a_ratio(run, tmp_path, capsys):
+    out = tmp_path / "ratio.jsonl"
+    assert main(["certify-mmcert", str(run), "--n0", "20", "--n", "300", "--n-inputs", "3",
+                 "--batch-size", "320", "--directions", "ratio=1,2", "--out", str(out)]) == 0
+    assert "ratio" in capsys.readouterr().out
+    setup = Subsampling((784, 784), (60, 60))
+    for r in read_rows(out):
+        t = 0 if r.abstained else largest_budget(r.details["p_lower"], r.details["p_upper_b"],
+                                                 setup, (1, 2))
+        assert r.radius == t and r.details["radii"] == {"ratio": t}
 
 
 def test_randomized_ablation_on_the_side_by_side_views(tmp_path, capsys):

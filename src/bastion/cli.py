@@ -375,6 +375,18 @@ def cmd_certify_mmcert(args: argparse.Namespace) -> int:
     check_run_dir(args.run_dir)
     if args.budgets is not None and any(b < 0 for b in args.budgets):
         raise InputError(f"--budgets must be >= 0, got {args.budgets}")
+    directions = None
+    if args.directions:
+        directions = {}
+        for item in args.directions:
+            name, _, weights = item.partition("=")
+            try:
+                directions[name] = tuple(int(w) for w in weights.split(","))
+            except ValueError:
+                raise InputError(f"--directions: {item!r} is not NAME=W1,W2,... (whole "
+                                 "weights, one per modality)") from None
+            if not name or not weights:
+                raise InputError(f"--directions: {item!r} is not NAME=W1,W2,...")
     progress = _CountBar(f"certify {'mmcert' if args.bound == 'top2' else 'ablation'}")
 
     try:
@@ -382,8 +394,8 @@ def cmd_certify_mmcert(args: argparse.Namespace) -> int:
             args.run_dir, keep=tuple(args.keep) if args.keep else None, n0=args.n0, n=args.n,
             alpha=args.alpha, operations=args.operations, bound=args.bound,
             checkpoint=args.checkpoint, n_inputs=args.n_inputs, skip=args.skip,
-            batch_size=args.batch_size, out=args.out, budgets=args.budgets,
-            progress=progress)
+            batch_size=args.batch_size, directions=directions, out=args.out,
+            budgets=args.budgets, progress=progress)
     finally:
         progress.close()
     if res.summary is None:
@@ -618,6 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--n-inputs", type=int, default=None, help="at most this many test images")
     cm.add_argument("--skip", type=int, default=1, help="certify every skip-th test image")
     cm.add_argument("--batch-size", type=int, default=1000, help="sub-samples per forward pass")
+    cm.add_argument("--directions", nargs="+", default=None, metavar="NAME=W1,W2",
+                    help="budget directions R = t * (w1, w2, ...), e.g. ratio=1,2 for r2 = 2 r1 "
+                    "(default: joint=1,1 and each modality alone); the first is the rows' "
+                    "radius")
     cm.add_argument("--budgets", type=int, nargs="+", default=None,
                     help="budgets (elements per modality) of the certified-accuracy table")
     cm.add_argument("--out", default=None, help="JSONL rows file (default "

@@ -857,6 +857,7 @@ def certify_mmcert_run(
     n_inputs: int | None = None,
     skip: int = 1,
     batch_size: int = 1000,
+    directions: dict[str, tuple[int, ...]] | None = None,
     device: str | None = None,
     out: str | os.PathLike | None = None,
     budgets: list[int] | None = None,
@@ -869,7 +870,8 @@ def certify_mmcert_run(
     ``keep``). Rows go to ``out`` (default ``mmcert_record_path``), resumed if it exists.
     The summary holds, per direction (``joint`` and each modality alone), the certified
     accuracy at each of ``budgets`` (elements per modality; default 0, 1, 2, 4, ... up to the
-    largest radius).
+    largest radius). ``directions`` (name -> weights per modality, e.g. ``{"ratio": (1,
+    2)}`` for ``r_2 = 2 r_1``) replaces the default ones; the first is the rows' ``radius``.
 
     Raises:
         InputError: for a bad setting, or a model that does not read sub-sampled inputs.
@@ -889,7 +891,8 @@ def certify_mmcert_run(
     keep = tuple(keep) * t if len(keep) == 1 else tuple(keep)
     certifier = MMCertCertifier(model=model, num_classes=test.num_classes, keep=keep, n0=n0,
                                 n=n, alpha=alpha, operations=operations, bound=bound,
-                                batch_size=batch_size)
+                                batch_size=batch_size, directions=directions,
+                                direction=next(iter(directions)) if directions else "joint")
     out_path = Path(out) if out is not None else mmcert_record_path(
         run_dir, keep=keep, n=n, operations=operations, bound=bound, checkpoint=checkpoint,
         n_inputs=n_inputs, skip=skip)
