@@ -39,7 +39,7 @@ from bastion.records import Certificate
 from bastion.runs import certify_mmcert_run, read_history, train_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGETS = list(range(0, 13))
+BUDGETS = list(range(0, 41))
 
 
 def _train(recipe: str, keep: list[int], run_dir: Path) -> float:
@@ -151,6 +151,7 @@ def _plot(result: dict, path: Path) -> None:
         ax.set_xlabel(f"attack budget: {xlabel}")
         ax.set_ylabel("certified accuracy")
         ax.set_ylim(0, 1)
+        ax.set_xlim(0, 16 if direction == "joint" else max(result["budgets"]))
         ax.grid(alpha=0.3)
         ax.set_title(f"two-view Fashion-MNIST, {result['n_inputs']} test pairs, "
                      f"n={result['n']}", fontsize=9)

@@ -19,6 +19,7 @@ from bastion.bench.report import ReportEntry
 from bastion.bench.suite import certificate_norm, smoothing_noise
 from bastion.certify import read_rows
 from bastion.certify.lipschitz import certificate_from_rows
+from bastion.certify.rowstore import read_header
 from bastion.certify.summary import rows_to_certificate, summarize
 from bastion.checks import CheckFinding
 from bastion.errors import MissingFileError
@@ -71,7 +72,8 @@ def _bench_entry(bench: Path, row: dict[str, Any]) -> ReportEntry:
     elif (folder / "certify-mmcert.jsonl").is_file() and row.get("acr") is not None:
         from bastion.certify.mmcert import direction_certificates
 
-        cert = direction_certificates(read_rows(folder / "certify-mmcert.jsonl"))["joint"]
+        path = folder / "certify-mmcert.jsonl"
+        cert = direction_certificates(read_rows(path), read_header(path))["joint"]
     elif (folder / "certify-lipschitz.jsonl").is_file() and row.get("acr") is not None:
         cert = certificate_from_rows(read_rows(folder / "certify-lipschitz.jsonl"))
     findings: list[CheckFinding] = []

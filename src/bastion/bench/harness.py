@@ -450,6 +450,7 @@ def _run_mmcert(ctx: _Context) -> tuple[Certificate, float] | None:
         return None
     from bastion.certify import read_rows
     from bastion.certify.mmcert import MMCertCertifier, direction_certificates
+    from bastion.certify.rowstore import read_header
     from bastion.models.ablation import layout_of
 
     stage, fname = "certify-mmcert", "certify-mmcert.jsonl"
@@ -461,7 +462,8 @@ def _run_mmcert(ctx: _Context) -> tuple[Certificate, float] | None:
     path = ctx.stages.folder / fname
     if ctx.stages.fresh(stage, fp, fname):
         ctx.hooks.stage(ctx.defense.name, stage, "cached")
-        return direction_certificates(read_rows(path))["joint"], ctx.stages.seconds(stage)
+        return (direction_certificates(read_rows(path), read_header(path))["joint"],
+                ctx.stages.seconds(stage))
     old = ctx.stages.manifest.get(stage)
     if path.exists() and isinstance(old, dict) and old.get("fingerprint") != fp:
         if _main():
@@ -486,7 +488,7 @@ def _run_mmcert(ctx: _Context) -> tuple[Certificate, float] | None:
     ctx.hooks.stage(ctx.defense.name, stage, "done")
     if not rows:
         rows = read_rows(path)
-    return direction_certificates(rows)["joint"], seconds
+    return direction_certificates(rows, read_header(path))["joint"], seconds
 
 
 def _run_smoothed_attack(ctx: _Context) -> EvalResult | None:

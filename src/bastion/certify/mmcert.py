@@ -284,10 +284,12 @@ class MMCertCertifier:
                 "radii": {k: int(cert.extra[f"radius_{k}"][j]) for k in self.directions}}
 
 
-def direction_certificates(rows: Sequence[CertificationRow]) -> dict[str, Certificate]:
+def direction_certificates(rows: Sequence[CertificationRow],
+                           params: Mapping[str, Any] | None = None) -> dict[str, Certificate]:
     """One l0 ``Certificate`` per direction of an MMCert rows file (``details["radii"]``),
     with labels and dataset index, so that ``metrics.certified_accuracy(cert, labels, t)``
-    is the certified accuracy at budget ``t`` along that direction."""
+    is the certified accuracy at budget ``t`` along that direction. ``params`` (e.g. the
+    file's header, ``rowstore.read_header``) is recorded in each, with the direction."""
     if not rows:
         raise InputError("no rows to summarise")
     names = list(rows[0].details.get("radii", {}))
@@ -299,10 +301,12 @@ def direction_certificates(rows: Sequence[CertificationRow]) -> dict[str, Certif
         labels=torch.tensor([r.label for r in rows], dtype=torch.int64),
         index=torch.tensor([r.index for r in rows], dtype=torch.int64),
     )
+    base = {k: v for k, v in (params or {}).items() if k not in ("direction", "directions")}
     return {name: Certificate(
         radius=torch.tensor([0.0 if r.abstained else float(r.details["radii"][name])
                              for r in rows], dtype=torch.float64),
-        norm="l0", method="mmcert", **common) for name in names}
+        norm="l0", method="mmcert", params={**base, "direction": name},
+        **common) for name in names}
 
 
 __all__ = ["BOUNDS", "Bound", "MMCertCertifier", "SubSample", "default_directions",
