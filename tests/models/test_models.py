@@ -33,6 +33,7 @@ FAST_KWARGS: dict[str, dict[str, object]] = {
     "mlp": {"hidden": (16,)},
     "lipschitz-cnn": {"channels": (8, 8), "hidden": (16,)},
     "lipschitz-mlp": {"hidden": (16,)},
+    "mm-small-cnn": {"embedding": 16, "zero_init_last": False},
 }
 
 
@@ -62,6 +63,7 @@ def test_fast_kwargs_cover_registry() -> None:
             "mlp",
             "lipschitz-cnn",
             "lipschitz-mlp",
+            "mm-small-cnn",
         }
     )
 
@@ -140,7 +142,8 @@ def test_build_dataset_stats_and_explicit_stats() -> None:
     assert model.normalize.mean.item() == 0.25 and model.normalize.std.item() == 0.5
     assert dataset_stats("mnist") == ChannelStats(mean=(0.1307,), std=(0.3081,))
     assert dataset_stats("fashion-mnist") == ChannelStats(mean=(0.2860,), std=(0.3530,))
-    assert set(DATASET_STATS) == {"fashion-mnist", "mnist", "cifar10", "digits"}
+    assert set(DATASET_STATS) == {"fashion-mnist", "mnist", "cifar10", "digits",
+                                  "fashion-mnist-pairs", "fashion-mnist-pairs-wide"}
 
 
 def test_build_stats_errors() -> None:

@@ -156,6 +156,10 @@ def test_every_method_trains_in_bf16_with_an_fp32_loss(name: str) -> None:
 
         model = Defended(GuidedDenoiser(in_channels=1, width=4, depth=1), model,
                          frozen_model=True)
+    if name == "subsample":  # its model reads the kept values and a keep-mask channel
+        from tests.contracts._tiny import tiny_subsampling_model
+
+        model = tiny_subsampling_model(1, (8, 8), 10)
     opts = {"threat": {"steps": 2}} if "threat" in METHODS[name].__dataclass_fields__ else {}
     rec = _LossDtypes(build_method(name, **opts))
     _fit(model, rec, precision="bf16", subset=128)

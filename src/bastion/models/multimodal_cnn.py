@@ -35,6 +35,9 @@ class MultiModalCNN(nn.Module):
         names: the modalities' names (default ``ModalityLayout``'s).
         embedding: width of each modality's encoding (the small-cnn's output). Default 200.
         dropout: the small-cnn's dropout. Default 0.5.
+        zero_init_last: with one modality, zero the small-cnn's last layer as TRADES does
+            (``SmallCNN``'s default, True); with several, the fusion layer keeps PyTorch's
+            default initialisation either way.
 
     Attributes:
         modality_layout: the ``ModalityLayout`` (read by ``ablation.layout_of``).
@@ -64,6 +67,7 @@ class MultiModalCNN(nn.Module):
         names: Sequence[str] = (),
         embedding: int = 200,
         dropout: float = 0.5,
+        zero_init_last: bool = True,
     ) -> None:
         super().__init__()
         _check_positive_int(num_classes, "num_classes")
@@ -78,7 +82,8 @@ class MultiModalCNN(nn.Module):
         t = layout.num_modalities
         if t == 1:
             self.encoders = nn.ModuleList([SmallCNN(num_classes, in_channels + 1, input_size,
-                                                    dropout=dropout)])
+                                                    dropout=dropout,
+                                                    zero_init_last=zero_init_last)])
             self.head: nn.Module = nn.Identity()
         else:
             self.encoders = nn.ModuleList([
