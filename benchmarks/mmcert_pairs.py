@@ -31,12 +31,22 @@ from pathlib import Path
 
 import torch
 
+from bastion.attacks.evaluate import predict
 from bastion.certify.mmcert import direction_certificates
 from bastion.certify.subsampling_bound import Subsampling, largest_budget
 from bastion.config import load_config
+from bastion.data import load_dataset
 from bastion.metrics import certified_accuracy
+from bastion.models.ablation import layout_of
 from bastion.records import Certificate
-from bastion.runs import certify_mmcert_run, read_history, train_from_config
+from bastion.runs import (
+    certify_mmcert_run,
+    load_config_of,
+    load_model,
+    read_history,
+    train_from_config,
+)
+from bastion.train.subsampling import FixedSubsamples, SubSampledTraining
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = list(range(0, 41))
@@ -57,6 +67,19 @@ def _curve(cert: Certificate, budgets: list[int], scale: int = 1) -> list[float]
     c = Certificate(prediction=cert.prediction, radius=radius, abstained=cert.abstained,
                     norm="l0", method=cert.method, labels=cert.labels)
     return [float(a) for a in certified_accuracy(c, cert.labels, [float(b) for b in budgets])]
+
+
+def _base_accuracy(run_dir: Path, keep: list[int], n: int) -> tuple[float, float]:
+    """The base classifier's accuracy on the first n complete test inputs and on one fixed
+    sub-sample of each (seed 0)."""
+    cfg = load_config_of(run_dir)
+    test = load_dataset(cfg.dataset, "test")
+    model = load_model(run_dir)
+    x, y = test.images[:n], test.labels[:n]
+    sub = FixedSubsamples.of(test, SubSampledTraining(keep=tuple(keep)), layout_of(model), n)
+    with torch.no_grad():
+        complete = float((predict(model, x, 250) == y).double().mean())
+        return complete, float((predict(model, sub.images, 250) == y).double().mean())
 
 
 def _combinatorics_seconds(rows, sizes: tuple[int, ...], keep: tuple[int, ...],
@@ -112,12 +135,11 @@ def main() -> None:
                 curves = {"joint": _curve(cert, BUDGETS, scale=2),
                           "view1": _curve(cert, BUDGETS), "view2": _curve(cert, BUDGETS)}
             comb = _combinatorics_seconds(rows, sizes, ks, dirs) / len(rows)
-            hist = read_history(run_dir)
+            complete, sub = _base_accuracy(run_dir, keep, args.n_inputs)
             result["models"][name] = {
                 "kind": kind, "keep": keep, "bound": bound, "run_dir": str(run_dir),
                 "train_seconds": train_s,
-                "base_clean_acc_complete_inputs": hist.epochs[-1].get("test_clean_acc")
-                if hist else None,
+                "base_acc_complete_inputs": complete, "base_acc_one_subsample": sub,
                 "smoothed_accuracy": curves["joint"][0],
                 "abstain_rate": float(certs["joint"].abstained.double().mean()),
                 "curves": curves, "seconds_per_input": seconds,

@@ -107,3 +107,37 @@ def test_randomized_ablation_on_the_side_by_side_views(tmp_path, capsys):
     assert "joint" in capsys.readouterr().out
     files = list((out / "certify").glob("ablation-k120-n100-*.jsonl"))
     assert len(files) == 1 and len(read_rows(files[0])) == 2
+
+
+def test_per_epoch_evaluation_is_on_subsamples(run, tmp_path, capsys):
+    """The history's test accuracy is the base classifier on fixed sub-samples (what it
+    votes on), and an attack in the per-epoch evaluation is refused before anything is
+    written."""
+    from bastion.runs import read_history
+
+    hist = read_history(run)
+    assert hist is not None and 0 < hist.epochs[-1]["test_clean_acc"] <= 1
+    bad = {**RECIPE, "eval": {"attack": "pgd", "n_test": 10}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    assert main(["train", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "r")]) != 0
+    err = capsys.readouterr().err
+    assert "eval.attack: null" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_fixed_subsamples_are_reproducible():
+    import torch
+
+    from bastion.models.ablation import ModalityLayout
+    from bastion.train.subsampling import FixedSubsamples, SubSampledTraining
+
+    class Data:
+        images = torch.rand(5, 2, 6, 6)
+        labels = torch.arange(5)
+
+    layout = ModalityLayout((1, 1))
+    a = FixedSubsamples.of(Data, SubSampledTraining(keep=(4,)), layout, 3, seed=1)
+    b = FixedSubsamples.of(Data, SubSampledTraining(keep=(4,)), layout, 3, seed=1)
+    assert a.images.shape == (3, 4, 6, 6) and len(a) == 3
+    assert torch.equal(a.images, b.images)
+    assert (a.images[:, 2:].flatten(2).sum(2) == 4).all()

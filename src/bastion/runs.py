@@ -100,6 +100,7 @@ from bastion.train.loop import fit
 from bastion.train.registry import build_method
 from bastion.train.run_lock import run_lock
 from bastion.train.schedules import build_scheduler
+from bastion.train.subsampling import FixedSubsamples, SubSampledTraining
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,16 @@ def train_from_config(
         batch_size=cfg.eval.batch_size,
         seed=cfg.seed,
     )
-    evaluate = per_epoch_evaluation(plan, test, train)
+    if isinstance(method, SubSampledTraining):
+        # the base classifier is judged on fixed sub-samples of the test points (the inputs
+        # it votes on), not on complete images it never saw
+        if plan.attack is not None or plan.n_train:
+            raise ConfigError("eval: a sub-sampling run evaluates clean accuracy on "
+                              "sub-samples only; set eval.attack: null and eval.n_train: 0")
+        evaluate = per_epoch_evaluation(plan, FixedSubsamples.of(
+            test, method, layout_of(model), plan.n_test, seed=cfg.seed))
+    else:
+        evaluate = per_epoch_evaluation(plan, test, train)
     run_config = to_dict(cfg)
     try:
         json.dumps(run_config, allow_nan=False)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bastion.errors import InputError
-from bastion.models.ablation import ablate, draw_keep_masks, layout_of
+from bastion.models.ablation import ModalityLayout, ablate, draw_keep_masks, layout_of
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
 
@@ -44,9 +44,40 @@ class SubSampledTraining:
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext | None = None
     ) -> StepOutput:
         layout = layout_of(model)
-        hw = (int(x.shape[-2]), int(x.shape[-1]))
-        keep = self.keep * layout.num_modalities if len(self.keep) == 1 else self.keep
         gen = ctx.generator if ctx is not None else None
-        masks = draw_keep_masks(x.shape[0], layout, hw, keep, gen, x.device)
-        logits = model(ablate(x, masks, layout))
+        logits = model(self.subsample(x, layout, gen))
         return StepOutput(F.cross_entropy(logits, y), {"acc": batch_accuracy(logits, y)})
+
+    def keep_for(self, layout: ModalityLayout) -> tuple[int, ...]:
+        """The keep count of every modality (one count alone serves them all)."""
+        return self.keep * layout.num_modalities if len(self.keep) == 1 else self.keep
+
+    def subsample(self, x: torch.Tensor, layout: ModalityLayout,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """One independent sub-sample of each input: ``[B, C, H, W] -> [B, C + T, H, W]``."""
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        masks = draw_keep_masks(x.shape[0], layout, hw, self.keep_for(layout), generator,
+                                x.device)
+        return ablate(x, masks, layout)
+
+
+@dataclass(frozen=True)
+class FixedSubsamples:
+    """The first ``n`` examples of a dataset, each replaced by one fixed sub-sample: the
+    per-epoch evaluation of a sub-sampling run (the base classifier on the inputs it votes
+    on; on complete inputs it never saw, its accuracy says little). ``TensorData`` for
+    ``train.evaluation.per_epoch_evaluation``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def of(cls, data: object, method: SubSampledTraining, layout: ModalityLayout, n: int,
+           seed: int = 0) -> FixedSubsamples:
+        images = data.images[:n]  # type: ignore[attr-defined]
+        labels = data.labels[:n]  # type: ignore[attr-defined]
+        gen = torch.Generator().manual_seed(seed)
+        return cls(method.subsample(images, layout, gen), labels)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
