@@ -891,14 +891,12 @@ def certify_mmcert_run(
     run_dir = Path(run_dir)
     cfg = load_config_of(run_dir)
     if keep is None:
-        trained = cfg.method_options.get("keep") if cfg.method == "subsample" else None
-        if trained is None:
+        if cfg.method != "subsample":
             raise InputError("pass keep: this run was not trained with the 'subsample' method")
-        keep = tuple(trained) if isinstance(trained, list | tuple) else (int(trained),)
+        keep = build_method(cfg.method, **cfg.method_options).keep
     model = load_model(run_dir, checkpoint, resolve_device(device or cfg.device))
     test = load_dataset(cfg.dataset, "test", cfg.data_dir)
-    t = layout_of(model).num_modalities
-    keep = tuple(keep) * t if len(keep) == 1 else tuple(keep)
+    keep = layout_of(model).per_modality(keep)
     certifier = MMCertCertifier(model=model, num_classes=test.num_classes, keep=keep, n0=n0,
                                 n=n, alpha=alpha, operations=operations, bound=bound,
                                 batch_size=batch_size, directions=directions,

@@ -241,17 +241,23 @@ def neighbours(seq: tuple[int, ...], r: int, operations: str, min_len: int) -> s
     return seen
 
 
+def _trial(trial: int, keep: tuple[int, int]):
+    """Trial ``trial``'s input (two sequences of 6 and 5 values), base classifier, exact
+    class probabilities and top class."""
+    rng = random.Random(100 + trial)
+    m = (tuple(rng.choice(ALPHABET) for _ in range(6)),
+         tuple(rng.choice(ALPHABET) for _ in range(5)))
+    f = base_classifier(trial)
+    p = probabilities(f, m, keep)
+    return m, f, p, max(range(CLASSES), key=p.__getitem__)
+
+
 @pytest.mark.parametrize("operations", ["modify", "any"])
 def test_brute_force_prediction_never_changes_where_certified(operations):
     keep = (1, 1)
     checked = 0
     for trial in range(12):
-        rng = random.Random(100 + trial)
-        m = (tuple(rng.choice(ALPHABET) for _ in range(6)),
-             tuple(rng.choice(ALPHABET) for _ in range(5)))
-        f = base_classifier(trial)
-        p = probabilities(f, m, keep)
-        top = max(range(CLASSES), key=p.__getitem__)
+        m, f, p, top = _trial(trial, keep)
         p_b = max(p[c] for c in range(CLASSES) if c != top)
         if p[top] == p_b:
             continue
@@ -276,12 +282,7 @@ def test_brute_force_condition_is_needed():
     keep = (1, 1)
     flipped = False
     for trial in range(12):
-        rng = random.Random(100 + trial)
-        m = (tuple(rng.choice(ALPHABET) for _ in range(6)),
-             tuple(rng.choice(ALPHABET) for _ in range(5)))
-        f = base_classifier(trial)
-        p = probabilities(f, m, keep)
-        top = max(range(CLASSES), key=p.__getitem__)
+        m, f, _, top = _trial(trial, keep)
         for m1, m2 in itertools.product(neighbours(m[0], 3, "any", 1),
                                         neighbours(m[1], 3, "any", 1)):
             q = probabilities(f, (m1, m2), keep)

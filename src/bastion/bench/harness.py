@@ -452,12 +452,12 @@ def _run_mmcert(ctx: _Context) -> tuple[Certificate, float] | None:
     from bastion.certify.mmcert import MMCertCertifier, direction_certificates
     from bastion.certify.rowstore import read_header
     from bastion.models.ablation import layout_of
+    from bastion.train.registry import build_method
 
     stage, fname = "certify-mmcert", "certify-mmcert.jsonl"
-    t = layout_of(ctx.model).num_modalities
-    keep = cfg.method_options.get("keep", [50])
-    keep = list(keep) if isinstance(keep, list | tuple) else [int(keep)]
-    keep = keep * t if len(keep) == 1 else keep
+    # the counts the model was trained with (the method's default when the recipe has none)
+    method = build_method(cfg.method, **cfg.method_options)
+    keep = list(layout_of(ctx.model).per_modality(method.keep))
     fp = ctx.fingerprint({"certify-mmcert": {**dataclasses.asdict(mp), "keep": keep}})
     path = ctx.stages.folder / fname
     if ctx.stages.fresh(stage, fp, fname):

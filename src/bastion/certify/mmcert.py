@@ -55,7 +55,7 @@ from bastion.certify.subsampling_bound import (
 )
 from bastion.certify.votes import VoteCounter
 from bastion.errors import InputError
-from bastion.models.ablation import ModalityLayout, ablate, draw_keep_masks, layout_of
+from bastion.models.ablation import ModalityLayout, layout_of, random_subsamples
 from bastion.noise import Noise
 from bastion.records import Certificate, CertificationRow
 
@@ -75,9 +75,7 @@ class SubSample:
     keep: tuple[int, ...]
 
     def draw(self, x: torch.Tensor, m: int, generator: torch.Generator) -> torch.Tensor:
-        hw = (int(x.shape[-2]), int(x.shape[-1]))
-        masks = draw_keep_masks(m, self.layout, hw, self.keep, generator, x.device)
-        return ablate(x, masks, self.layout)
+        return random_subsamples(x, m, self.layout, self.keep, generator)
 
     def params(self) -> dict[str, Any]:
         return {"randomization": "subsample", "keep": list(self.keep),

@@ -84,6 +84,11 @@ class ModalityLayout:
             start += c
         return tuple(out)
 
+    def per_modality(self, keep: int | Sequence[int]) -> tuple[int, ...]:
+        """``keep`` with one count per modality: a single count serves every modality."""
+        k = (keep,) if isinstance(keep, int) else tuple(keep)
+        return k * self.num_modalities if len(k) == 1 else k
+
     def check_keep(self, keep: Sequence[int], hw: tuple[int, int]) -> tuple[int, ...]:
         """``keep`` as a tuple, after checking one count per modality in [1, H * W]."""
         n = hw[0] * hw[1]
@@ -140,6 +145,14 @@ def ablate(x: torch.Tensor, masks: torch.Tensor, layout: ModalityLayout) -> torc
     return torch.cat([x * per_channel, maskf], dim=1)
 
 
+def random_subsamples(x: torch.Tensor, m: int, layout: ModalityLayout, keep: Sequence[int],
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """``ablate(x, draw_keep_masks(m, ...))``: ``m`` independent sub-samples of ``x``
+    (``[C, H, W]``, broadcast, or ``[m, C, H, W]``, one each), on ``x``'s device."""
+    hw = (int(x.shape[-2]), int(x.shape[-1]))
+    return ablate(x, draw_keep_masks(m, layout, hw, keep, generator, x.device), layout)
+
+
 def layout_of(model: nn.Module) -> ModalityLayout:
     """The ``ModalityLayout`` of a sub-sampling base classifier (its ``layout`` attribute).
 
@@ -154,4 +167,4 @@ def layout_of(model: nn.Module) -> ModalityLayout:
                      "modality_layout); build it as 'mm-small-cnn'")
 
 
-__all__ = ["ModalityLayout", "ablate", "draw_keep_masks", "layout_of"]
+__all__ = ["ModalityLayout", "ablate", "draw_keep_masks", "layout_of", "random_subsamples"]

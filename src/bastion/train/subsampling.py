@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bastion.errors import InputError
-from bastion.models.ablation import ModalityLayout, ablate, draw_keep_masks, layout_of
+from bastion.models.ablation import ModalityLayout, layout_of, random_subsamples
 from bastion.records import StepContext, StepOutput
 from bastion.train.standard import batch_accuracy
 
@@ -48,17 +48,11 @@ class SubSampledTraining:
         logits = model(self.subsample(x, layout, gen))
         return StepOutput(F.cross_entropy(logits, y), {"acc": batch_accuracy(logits, y)})
 
-    def keep_for(self, layout: ModalityLayout) -> tuple[int, ...]:
-        """The keep count of every modality (one count alone serves them all)."""
-        return self.keep * layout.num_modalities if len(self.keep) == 1 else self.keep
-
     def subsample(self, x: torch.Tensor, layout: ModalityLayout,
                   generator: torch.Generator | None = None) -> torch.Tensor:
         """One independent sub-sample of each input: ``[B, C, H, W] -> [B, C + T, H, W]``."""
-        hw = (int(x.shape[-2]), int(x.shape[-1]))
-        masks = draw_keep_masks(x.shape[0], layout, hw, self.keep_for(layout), generator,
-                                x.device)
-        return ablate(x, masks, layout)
+        return random_subsamples(x, x.shape[0], layout, layout.per_modality(self.keep),
+                                 generator)
 
 
 @dataclass(frozen=True)
