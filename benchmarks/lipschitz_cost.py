@@ -68,7 +68,7 @@ def main() -> None:
     p.add_argument("--n-certify", type=int, default=500)
     p.add_argument("--n-smoothing", type=int, default=10)
     p.add_argument("--gloro-run", default="runs/bench/lipschitz/gloro")
-    p.add_argument("--smoothing-run", default="runs/bench/full/gaussian-0.25")
+    p.add_argument("--smoothing-run", default="results/full/gaussian-0.25")
     p.add_argument("--out", default="benchmarks/out/lipschitz_cost.json")
     args = p.parse_args()
     test = load_dataset("fashion-mnist", "test")

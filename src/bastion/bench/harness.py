@@ -182,7 +182,8 @@ class _Stages:
         _barrier()
 
 
-def _weights_hash(run_dir: Path) -> str:
+def weights_hash(run_dir: Path) -> str:
+    """The fingerprint of a run's last weights (the ``weights_hash`` of its rows)."""
     ckpt = checkpoint_dir(run_dir, "last")
     if ckpt is None:
         raise InputError(f"{run_dir} has no finished checkpoint to evaluate")
@@ -742,6 +743,15 @@ def _defense_choice(defense: ResolvedDefense, out: Path) -> DefenseChoice | None
     return DefenseChoice(name=pre.name, options=dict(pre.options))
 
 
+def defense_config(defense: ResolvedDefense, out: Path) -> Any:
+    """The config ``defense`` is trained and fingerprinted with in the bench folder ``out``:
+    its recipe's, with ``init_from`` pointing at the run of the defense it starts from."""
+    if defense.init_defense is None:
+        return defense.config
+    return dataclasses.replace(defense.config,
+                               init_from=str(defense.init_defense.trained_run(out)))
+
+
 def run_defense(defense: ResolvedDefense, suite: Suite, out: Path,
                 hooks: BenchHooks | None = None) -> dict[str, Any]:
     """Train or load one defense, evaluate, certify and check it; return its row.
@@ -751,9 +761,7 @@ def run_defense(defense: ResolvedDefense, suite: Suite, out: Path,
     hooks = hooks or BenchHooks()
     p = suite.protocol
     folder_root = out / defense.name
-    if defense.init_defense is not None:
-        defense = dataclasses.replace(defense, config=dataclasses.replace(
-            defense.config, init_from=str(defense.init_defense.trained_run(out))))
+    defense = dataclasses.replace(defense, config=defense_config(defense, out))
     choice = _defense_choice(defense, out)
     if defense.base is not None:
         run_dir = defense.base.trained_run(out)
@@ -789,11 +797,11 @@ def run_defense(defense: ResolvedDefense, suite: Suite, out: Path,
     device = resolve_device(defense.config.device)
     model = load_model(run_dir, "last", device)
     test = load_dataset(defense.config.dataset, "test", defense.config.data_dir)
-    base = {"config": config_hash(defense.config), "weights": _weights_hash(run_dir)}
+    base = {"config": config_hash(defense.config), "weights": weights_hash(run_dir)}
     if choice is not None:
         model = choice.apply(model, test.shape[0], device)
         base["defense"] = stable_hash({**choice.to_dict(), "from_run": None, "weights": (
-            _weights_hash(Path(choice.from_run)) if choice.from_run else None)})
+            weights_hash(Path(choice.from_run)) if choice.from_run else None)})
     n = min(p.n_test, len(test))
     if n < p.n_test:
         log.warning("the test set has only %d points; protocol n_test %d", n, p.n_test)
@@ -878,8 +886,10 @@ __all__ = [
     "BenchHooks",
     "BenchResult",
     "build_row",
+    "defense_config",
     "outcome_label",
     "robustbench_card",
     "run_defense",
     "run_suite",
+    "weights_hash",
 ]
