@@ -96,7 +96,7 @@ def _combinatorics_seconds(rows, sizes: tuple[int, ...], keep: tuple[int, ...],
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="benchmarks/out/mmcert_pairs.json")
-    ap.add_argument("--runs", default="runs/bench/mmcert")
+    ap.add_argument("--runs", default="results/mmcert")
     ap.add_argument("--keep", type=int, nargs="+", default=[25, 50, 100])
     ap.add_argument("--n0", type=int, default=100)
     ap.add_argument("--n", type=int, default=1000)

@@ -187,6 +187,14 @@ def test_demo_and_bench_print_the_leaderboard_and_write_the_report(tmp_path, cap
     # a run folder's own report
     assert main(["report", str(out / "pgd-at"), "--out", str(tmp_path / "one.html")]) == 0
     assert (tmp_path / "one.html").is_file()
+    # several folders: one page, a part each; --out is required, a folder counts once
+    assert main(["report", str(out), str(out / "pgd-at"), "--out", str(tmp_path / "two.html")]
+                ) == 0
+    two = (tmp_path / "two.html").read_text()
+    assert two.count('<h2 class="suite">') == 2 and "bastion: " in two
+    assert main(["report", str(out), str(out / "pgd-at")]) == 2
+    assert main(["report", str(out), str(out), "--out", str(tmp_path / "x.html")]) == 2
+    assert "--out" in capsys.readouterr().err
     # user errors: no traceback, exit 2
     assert main(["bench", str(tmp_path / "missing.yaml")]) == 2
     assert main(["report", str(tmp_path / "nowhere")]) == 2

@@ -487,11 +487,26 @@ def _write_report(folder: Path | str, out: str | None) -> Path:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        raise MissingFileError(f"{str(folder)!r} is not a folder; give a bench folder "
-                               "(bastion bench) or a run folder (bastion train)")
-    path = _write_report(folder, args.out)
+    folders = [Path(f) for f in args.folder]
+    for folder in folders:
+        if not folder.is_dir():
+            raise MissingFileError(f"{str(folder)!r} is not a folder; give a bench folder "
+                                   "(bastion bench) or a run folder (bastion train)")
+    if len(folders) == 1:
+        path = _write_report(folders[0], args.out)
+    else:
+        from bastion.bench.collect import collect
+        from bastion.bench.report import ReportPart, write_combined
+
+        if args.out is None:
+            raise InputError("several folders make one page: give its file with --out "
+                             "(for example --out results/report.html)")
+        if len(set(map(Path.resolve, folders))) < len(folders):
+            raise InputError("a folder is named twice; give each bench or run folder once")
+        parts = [ReportPart(*collect(f)) for f in folders]
+        path = write_combined(args.out, parts, title=args.title or "bastion: "
+                              + ", ".join(p.title.removeprefix("bastion bench: ")
+                                          for p in parts))
     print(f"report: {path}")
     return 0
 
@@ -650,10 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-report", action="store_true", help="do not write report.html")
     b.set_defaults(func=cmd_bench)
 
-    r = sub.add_parser("report", help="self-contained HTML report of a bench or run folder",
+    r = sub.add_parser("report", help="self-contained HTML report of bench or run folders",
                        formatter_class=fmt)
-    r.add_argument("folder", help="bench folder (bastion bench) or run folder (bastion train)")
-    r.add_argument("--out", default=None, help="HTML file (default FOLDER/report.html)")
+    r.add_argument("folder", nargs="+", help="bench folder (bastion bench) or run folder "
+                   "(bastion train); several make one page, one part per folder")
+    r.add_argument("--out", default=None, help="HTML file (default FOLDER/report.html; "
+                   "required with several folders)")
+    r.add_argument("--title", default=None, help="page title with several folders")
     r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="the quick suite on Fashion-MNIST (standard, PGD-AT, "

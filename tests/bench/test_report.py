@@ -17,7 +17,14 @@ from torch import nn
 from bastion.attacks.evaluate import evaluate_attacks, evaluate_minimal
 from bastion.attacks.spec import AttackSpec
 from bastion.bench.examples import adversarial_examples
-from bastion.bench.report import ReportEntry, format_cell, render_report, write_report
+from bastion.bench.report import (
+    ReportEntry,
+    ReportPart,
+    format_cell,
+    render_combined,
+    render_report,
+    write_report,
+)
 from bastion.certify.summary import rows_to_certificate
 from bastion.checks import CheckFinding
 from bastion.data import load_dataset
@@ -333,3 +340,62 @@ def test_name_column_and_odd_settings():
     assert p.rows == [["run <a>", "25.0%", "nan"]]  # the name falls back to the entry's
     assert "<code>/tmp/x</code>" in page and "<code>false</code>" in page
     assert "<pre>" in page and "(none)" in page
+
+
+# ---------------------------------------------------------------- several suites, one page
+
+def _combined(entries) -> str:
+    return render_combined([
+        ReportPart(f"suite A {EVIL}", entries, COLUMNS, [f"A's note {EVIL}"]),
+        ReportPart("suite B", _uncertified(entries), [("clean_acc", "clean")]),
+    ], title="two suites")
+
+
+def _uncertified(entries) -> list[ReportEntry]:
+    return [e for e in entries if e.certificate is None][:1]
+
+
+def test_combined_page_keeps_each_suite_apart(entries):
+    page = _combined(entries)
+    b_entries, b_cols = _uncertified(entries), [("clean_acc", "clean")]
+    alone = [render_report(entries, title="A", columns=COLUMNS),
+             render_report(b_entries, title="B", columns=b_cols)]
+    assert page.count('<h2 class="suite">') == 2
+    assert html.escape(f"suite A {EVIL}") in page and EVIL not in page
+    # each part holds exactly the sections and images its own report would
+    assert len(_parse(page).srcs) == sum(len(_parse(a).srcs) for a in alone)
+    sections = re.findall(r'<section id="([^"]+)">', page)
+    for i, a in enumerate(alone):
+        own = re.findall(r'<section id="([^"]+)">', a)
+        assert [x.removeprefix(f"s{i}-") for x in sections if x.startswith(f"s{i}-")] == own
+    assert "s0-certified" in sections and "s1-certified" not in sections
+    # every id is unique and every in-page link lands on one
+    ids = re.findall(r' id="([^"]+)"', page)
+    assert len(ids) == len(set(ids))
+    links = set(re.findall(r'href="#([^"]+)"', page))
+    assert {"s0", "s1", "s0-leaderboard", "s1-leaderboard"} <= links <= set(ids)
+
+
+def test_combined_bad_arguments(entries):
+    with pytest.raises(InputError, match="empty"):
+        render_combined([], title="t")
+    with pytest.raises(InputTypeError):
+        render_combined([entries[0]], title="t")  # type: ignore[list-item]
+    with pytest.raises(InputError, match="empty"):
+        render_combined([ReportPart("a", [], COLUMNS)], title="t")
+
+
+def test_combined_page_renders_in_headless_chromium(tmp_path, entries):
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("no chromium binary on PATH (`make install` installs Debian's 'chromium')")
+    page = _combined(entries)
+    n_images = len(_parse(page).srcs)
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", _PROBE, 1), encoding="utf-8")
+    done = _run_chromium(binary, tmp_path / "profile", "--dump-dom", probe.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = _parse(done.stdout)
+    assert dom.body.get("data-images") == str(n_images) == dom.body.get("data-loaded")
+    # two leaderboards, each with its own defenses
+    assert int(dom.body.get("data-tables", "0")) >= 4

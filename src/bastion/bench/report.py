@@ -17,10 +17,12 @@ page holds, in order:
 8. the settings of every entry (collapsible): evaluation settings, attack parameters,
    config hash, seeds, versions, and the attacks of its evaluation record.
 
-Sections 4-7 are left out when no entry has the records they need. The page needs
-nothing outside itself: the plots are PNG images embedded as base64 ``data:`` URIs, the
-CSS is inline, and there is no script, font or link to fetch. Every string that comes
-from the data (names, row values, messages, settings) is HTML-escaped.
+Sections 4-7 are left out when no entry has the records they need. ``render_combined``
+puts several suites on one page (say the Fashion-MNIST suite and the two-view MMCert
+suite): each is a part with its own title and the sections above, never one mixed table.
+The page needs nothing outside itself: the plots are PNG images embedded as base64
+``data:`` URIs, the CSS is inline, and there is no script, font or link to fetch. Every
+string that comes from the data (names, row values, messages, settings) is HTML-escaped.
 
 Cell formatting (``format_cell``): a missing or None value is "–"; a float is shown as
 a percentage with one decimal ("87.5%") when it lies in [0, 1] and its key looks like an
@@ -64,7 +66,8 @@ from bastion.types import NORMS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReportEntry", "format_cell", "render_report", "write_report"]
+__all__ = ["ReportEntry", "ReportPart", "format_cell", "render_combined", "render_report",
+           "write_combined", "write_report"]
 
 MISSING = "\u2013"
 """What a cell shows for a missing value (an en dash)."""
@@ -523,6 +526,9 @@ h1 { font-size: 1.8em; margin: 0 0 4px; }
 h2 { font-size: 1.35em; margin: 40px 0 12px; padding-bottom: 6px;
      border-bottom: 2px solid var(--line); }
 h3 { font-size: 1.1em; margin: 22px 0 8px; }
+h2.suite { font-size: 1.6em; margin: 56px 0 4px; padding: 10px 0 6px; border-bottom: none;
+           border-top: 4px solid var(--accent); }
+section.suite section h2 { font-size: 1.25em; }
 h4 { font-size: 1em; margin: 16px 0 6px; color: var(--muted); }
 .meta, .muted { color: var(--muted); }
 nav { margin: 14px 0 4px; font-size: 0.95em; }
@@ -580,6 +586,80 @@ def _version() -> str:
         return "unknown"
 
 
+@dataclass(frozen=True)
+class ReportPart:
+    """One suite of a combined page (``render_combined``): its title, entries, leaderboard
+    columns and notes, as ``render_report`` takes them."""
+
+    title: str
+    entries: Sequence[ReportEntry]
+    columns: Sequence[tuple[str, str]]
+    notes: Sequence[str] = ()
+
+
+def _checked(entries: Sequence[ReportEntry], columns: Sequence[tuple[str, str]]
+             ) -> tuple[list[ReportEntry], list[tuple[str, str]]]:
+    if isinstance(entries, ReportEntry) or not isinstance(entries, Sequence):
+        raise InputTypeError("entries must be a sequence of ReportEntry")
+    entries = list(entries)
+    if not entries:
+        raise InputError("nothing to report: entries is empty")
+    if not all(isinstance(e, ReportEntry) for e in entries):
+        raise InputTypeError("entries must hold ReportEntry objects")
+    cols = []
+    for c in columns:
+        if not (isinstance(c, tuple | list) and len(c) == 2 and all(isinstance(s, str) for s in c)):
+            raise InputTypeError(f"columns must be (row key, header) string pairs, got {c!r}")
+        cols.append((c[0], c[1]))
+    return entries, cols
+
+
+def _sections(entries: list[ReportEntry], cols: list[tuple[str, str]]
+              ) -> list[tuple[str, str, str]]:
+    """``(id, heading, html)`` of the page's sections that have content, in order."""
+    sections = [
+        ("leaderboard", "Leaderboard" if len(entries) > 1 else "Summary",
+         _leaderboard(entries, cols)),
+        ("warnings", "Warnings", _warnings(entries)),
+        ("robust", "Robust accuracy vs eps", _robust(entries)),
+        ("certified", "Certified accuracy vs radius", _certified(entries)),
+        ("training", "Training curves", _histories(entries)),
+        ("examples", "Adversarial examples", _grids(entries)),
+        ("settings", "Settings", _settings(entries)),
+    ]
+    return [s for s in sections if s[2]]
+
+
+def _nav(sections: list[tuple[str, str, str]], n_warn: int, prefix: str = "") -> str:
+    return "".join(
+        f'<a href="#{prefix}{sid}">{_e(head)}'
+        + (f' <span class="badge warn">{n_warn}</span>' if sid == "warnings" and n_warn else "")
+        + "</a>" for sid, head, _ in sections)
+
+
+def _notes(notes: Sequence[str]) -> str:
+    if isinstance(notes, str):
+        notes = [notes]
+    return ("<ul class=\"notes\">" + "".join(f"<li>{_e(n)}</li>" for n in notes)
+            + "</ul>") if notes else ""
+
+
+def _count(entries: Sequence[ReportEntry]) -> str:
+    return f"{len(entries)} defense{'s' if len(entries) > 1 else ''}"
+
+
+def _page(title: str, header: str, body: str) -> str:
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
+        f"<header><h1>{_e(title)}</h1>{header}</header>\n{body}\n"
+        f"<footer>Generated by bastion {_e(_version())}. The page is self-contained: "
+        "images are embedded, nothing is loaded from elsewhere.</footer>\n"
+        "</main>\n</body>\n</html>\n"
+    )
+
+
 def render_report(
     entries: Sequence[ReportEntry],
     *,
@@ -604,51 +684,47 @@ def render_report(
     Raises:
         InputError / InputTypeError: no entries, or malformed entries or columns.
     """
-    if isinstance(entries, ReportEntry) or not isinstance(entries, Sequence):
-        raise InputTypeError("entries must be a sequence of ReportEntry")
-    entries = list(entries)
-    if not entries:
-        raise InputError("nothing to report: entries is empty")
-    if not all(isinstance(e, ReportEntry) for e in entries):
-        raise InputTypeError("entries must hold ReportEntry objects")
-    cols = []
-    for c in columns:
-        if not (isinstance(c, tuple | list) and len(c) == 2 and all(isinstance(s, str) for s in c)):
-            raise InputTypeError(f"columns must be (row key, header) string pairs, got {c!r}")
-        cols.append((c[0], c[1]))
-    if isinstance(notes, str):
-        notes = [notes]
-    sections: list[tuple[str, str, str]] = [
-        ("leaderboard", "Leaderboard" if len(entries) > 1 else "Summary",
-         _leaderboard(entries, cols)),
-        ("warnings", "Warnings", _warnings(entries)),
-        ("robust", "Robust accuracy vs eps", _robust(entries)),
-        ("certified", "Certified accuracy vs radius", _certified(entries)),
-        ("training", "Training curves", _histories(entries)),
-        ("examples", "Adversarial examples", _grids(entries)),
-        ("settings", "Settings", _settings(entries)),
-    ]
-    sections = [s for s in sections if s[2]]
+    entries, cols = _checked(entries, columns)
+    sections = _sections(entries, cols)
     n_warn = sum(len(e.findings) for e in entries)
-    nav = "".join(
-        f'<a href="#{sid}">{_e(head)}'
-        + (f' <span class="badge warn">{n_warn}</span>' if sid == "warnings" and n_warn else "")
-        + "</a>" for sid, head, _ in sections)
-    notes_html = ("<ul class=\"notes\">" + "".join(f"<li>{_e(n)}</li>" for n in notes)
-                  + "</ul>") if notes else ""
-    count = f"{len(entries)} defense{'s' if len(entries) > 1 else ''}"
     body = "".join(f'<section id="{sid}"><h2>{_e(head)}</h2>{content}</section>'
                    for sid, head, content in sections)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
-        f'<header><h1>{_e(title)}</h1><p class="meta">{count}</p>{notes_html}'
-        f"<nav>{nav}</nav></header>\n{body}\n"
-        f"<footer>Generated by bastion {_e(_version())}. The page is self-contained: "
-        "images are embedded, nothing is loaded from elsewhere.</footer>\n"
-        "</main>\n</body>\n</html>\n"
-    )
+    header = (f'<p class="meta">{_count(entries)}</p>{_notes(notes)}'
+              f"<nav>{_nav(sections, n_warn)}</nav>")
+    return _page(title, header, body)
+
+
+def render_combined(parts: Sequence[ReportPart], *, title: str) -> str:
+    """Several suites on one self-contained page, one after the other: each part is what
+    ``render_report`` would show of it (its own leaderboard, warnings, plots and settings;
+    suites on different datasets or threat models are never mixed in one table), under the
+    part's title, with a table of contents at the top. Element ids are prefixed per part
+    (``s0-``, ``s1-``, ...) so the links of each part stay its own.
+
+    Raises:
+        InputError / InputTypeError: no parts, or a part ``render_report`` would refuse.
+    """
+    if isinstance(parts, ReportPart) or not isinstance(parts, Sequence) or not all(
+            isinstance(p, ReportPart) for p in parts):
+        raise InputTypeError("parts must be a sequence of ReportPart")
+    if not parts:
+        raise InputError("nothing to report: parts is empty")
+    toc, body = [], []
+    for i, part in enumerate(parts):
+        entries, cols = _checked(part.entries, part.columns)
+        sections = _sections(entries, cols)
+        prefix = f"s{i}-"
+        inner = "".join(f'<section id="{sid}"><h2>{_e(head)}</h2>{content}</section>'
+                        for sid, head, content in sections)
+        # the sections' own ids and links (warning anchors, ...) get the part's prefix
+        inner = inner.replace(' id="', f' id="{prefix}').replace('href="#', f'href="#{prefix}')
+        n_warn = sum(len(e.findings) for e in entries)
+        body.append(f'<section class="suite" id="s{i}"><h2 class="suite">{_e(part.title)}</h2>'
+                    f'<p class="meta">{_count(entries)}</p>{_notes(part.notes)}'
+                    f"<nav>{_nav(sections, n_warn, prefix)}</nav>{inner}</section>")
+        toc.append(f'<a href="#s{i}">{_e(part.title)} ({_count(entries)})</a>')
+    header = f'<p class="meta">{len(parts)} suites</p><nav>{"".join(toc)}</nav>'
+    return _page(title, header, "".join(body))
 
 
 def write_report(
@@ -665,6 +741,15 @@ def write_report(
         ``path`` as a ``Path``.
     """
     page = render_report(entries, title=title, columns=columns, notes=notes)
+    out = Path(path)
+    atomic_write_bytes(out, page.encode("utf-8"))
+    return out
+
+
+def write_combined(path: str | os.PathLike[str], parts: Sequence[ReportPart], *,
+                   title: str) -> Path:
+    """Render several suites on one page (``render_combined``) and write it atomically."""
+    page = render_combined(parts, title=title)
     out = Path(path)
     atomic_write_bytes(out, page.encode("utf-8"))
     return out
