@@ -95,7 +95,8 @@ def entries() -> list[ReportEntry]:
                          evidence={"eps": [0.1, 0.2], "robust_acc": {"0.1": 0.31, "0.2": 0.4},
                                    "note": EVIL}),
             CheckFinding(name="large-eps", message="accuracy at eps 1.0 is not ~0",
-                         evidence={"eps": 1.0, "robust_acc": 0.12}),
+                         evidence={"eps": 1.0, "robust_acc": 0.12,
+                                   "curve": [[0.25, 0.5], [0.5, 0.12]]}),
         ]
         out.append(ReportEntry(
             name=name,
@@ -237,6 +238,7 @@ def test_sections_and_plots(page, entries):
     assert 'alt="robust accuracy against eps (linf)"' in page
     assert 'alt="robust accuracy against eps (l2)"' in page
     assert "non-monotone-eps" in page and "large-eps" in page
+    assert "<code>(0.25, 0.5), (0.5, 0.12)</code>" in page  # a curve on one line
     assert "No warnings for: standard" in page
     assert page.count("<details") == len(entries)
     assert "apgd-ce" in page and "3f2a9c1e" in page  # AutoAttack components, config hash
@@ -332,14 +334,16 @@ def test_report_renders_in_headless_chromium(tmp_path, entries):
 def test_name_column_and_odd_settings():
     e = ReportEntry(name="run <a>", row={"acc": float("nan"), "robust_acc": 0.25},
                     settings={"path": Path("/tmp/x"), "nan": float("nan"),
-                              "nested": [[1, 2], [3]], "empty": {}, "flag": False})
+                              "nested": [[1, 2], [3]], "deep": [[1, [2]], {"a": 1}],
+                              "empty": {}, "flag": False})
     page = render_report([e], title="t", columns=[("name", "run"), ("robust_acc", "robust"),
                                                   ("acc", "acc")])
     p = _parse(page)
     assert p.headers == ["run", "robust", "acc"]  # no extra "defense" column
     assert p.rows == [["run <a>", "25.0%", "nan"]]  # the name falls back to the entry's
     assert "<code>/tmp/x</code>" in page and "<code>false</code>" in page
-    assert "<pre>" in page and "(none)" in page
+    assert "<code>(1, 2), (3)</code>" in page  # rows of scalars on one line
+    assert "<pre>" in page and "(none)" in page  # anything deeper as indented JSON
 
 
 # ---------------------------------------------------------------- several suites, one page

@@ -238,8 +238,9 @@ def _items_table(items: Sequence[Mapping[str, Any]]) -> str:
 def _value_html(value: Any, depth: int = 0) -> str:
     """A settings value as HTML: scalars as text; a mapping as a nested key/value table at
     the first level, on one line (``k=v, ...``) below it; a list of scalars
-    comma-separated; a list of mappings (e.g. AutoAttack's components) as a table with
-    one row per item; anything else as indented JSON."""
+    comma-separated, a list of lists of scalars as ``(a, b), (c, d)``; a list of mappings
+    (e.g. AutoAttack's components) as a table with one row per item; anything else as
+    indented JSON."""
     if _is_scalar(value):
         return f"<code>{_e(_plain(value))}</code>"
     if isinstance(value, Mapping):
@@ -249,6 +250,10 @@ def _value_html(value: Any, depth: int = 0) -> str:
             return f"<code>{_e(', '.join(_plain(v) for v in value)) or '[]'}</code>"
         if value and all(isinstance(v, Mapping) for v in value):
             return _items_table(value)
+        if all(isinstance(v, list | tuple) and all(_is_scalar(x) for x in v) for v in value):
+            # a list of short rows (a curve of (eps, accuracy) pairs, ...): one line
+            return "<code>" + _e(", ".join(
+                "(" + ", ".join(_plain(x) for x in v) + ")" for v in value)) + "</code>"
         return f"<pre>{_e(json.dumps(value, default=str, indent=2))}</pre>"
     return f"<code>{_e(value)}</code>"  # a path, an enum, ...: its str
 
