@@ -300,21 +300,31 @@ def _run_chromium(binary: str, profile: Path, *args: str) -> subprocess.Complete
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
 
 
-def test_report_renders_in_headless_chromium(tmp_path, entries):
+def _required_chromium() -> str:
     binary = _chromium()
     if binary is None:
         pytest.skip("no chromium binary on PATH (scripts/get_chromium.sh installs Debian's "
                     "'chromium' as root; `make install` runs it)")
-    path = write_report(tmp_path / "report.html", entries, title=f"Digits {EVIL}",
-                        columns=COLUMNS, notes=["rendered by the browser test"])
-    page = path.read_text(encoding="utf-8")
+    return binary
+
+
+def _probed(binary: str, tmp_path: Path, page: str
+            ) -> tuple[subprocess.CompletedProcess, _Page, int]:
+    """Load ``page`` with the probe script in headless Chromium: the run, its DOM (the
+    probe's counts on ``<body>``) and the number of images the page holds."""
     n_images = len(_parse(page).srcs)
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", _PROBE, 1), encoding="utf-8")
-
     done = _run_chromium(binary, tmp_path / "profile", "--dump-dom", probe.as_uri())
     assert done.returncode == 0, done.stderr[-2000:]
-    dom = _parse(done.stdout)
+    return done, _parse(done.stdout), n_images
+
+
+def test_report_renders_in_headless_chromium(tmp_path, entries):
+    binary = _required_chromium()
+    path = write_report(tmp_path / "report.html", entries, title=f"Digits {EVIL}",
+                        columns=COLUMNS, notes=["rendered by the browser test"])
+    done, dom, n_images = _probed(binary, tmp_path, path.read_text(encoding="utf-8"))
     assert dom.body.get("data-images") == str(n_images), (dom.body, done.stderr[-2000:])
     assert dom.body.get("data-loaded") == str(n_images)  # every image decoded
     assert int(dom.body.get("data-width", "0")) > 100
@@ -390,16 +400,7 @@ def test_combined_bad_arguments(entries):
 
 
 def test_combined_page_renders_in_headless_chromium(tmp_path, entries):
-    binary = _chromium()
-    if binary is None:
-        pytest.skip("no chromium binary on PATH (`make install` installs Debian's 'chromium')")
-    page = _combined(entries)
-    n_images = len(_parse(page).srcs)
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body>", _PROBE, 1), encoding="utf-8")
-    done = _run_chromium(binary, tmp_path / "profile", "--dump-dom", probe.as_uri())
-    assert done.returncode == 0, done.stderr[-2000:]
-    dom = _parse(done.stdout)
+    _, dom, n_images = _probed(_required_chromium(), tmp_path, _combined(entries))
     assert dom.body.get("data-images") == str(n_images) == dom.body.get("data-loaded")
     # two leaderboards, each with its own defenses
     assert int(dom.body.get("data-tables", "0")) >= 4

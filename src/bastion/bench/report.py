@@ -635,22 +635,33 @@ def _sections(entries: list[ReportEntry], cols: list[tuple[str, str]]
     return [s for s in sections if s[2]]
 
 
-def _nav(sections: list[tuple[str, str, str]], n_warn: int, prefix: str = "") -> str:
-    return "".join(
-        f'<a href="#{prefix}{sid}">{_e(head)}'
-        + (f' <span class="badge warn">{n_warn}</span>' if sid == "warnings" and n_warn else "")
-        + "</a>" for sid, head, _ in sections)
-
-
-def _notes(notes: Sequence[str]) -> str:
-    if isinstance(notes, str):
-        notes = [notes]
-    return ("<ul class=\"notes\">" + "".join(f"<li>{_e(n)}</li>" for n in notes)
-            + "</ul>") if notes else ""
-
-
 def _count(entries: Sequence[ReportEntry]) -> str:
     return f"{len(entries)} defense{'s' if len(entries) > 1 else ''}"
+
+
+def _part(entries: Sequence[ReportEntry], columns: Sequence[tuple[str, str]],
+          notes: Sequence[str], prefix: str = "") -> tuple[str, str]:
+    """``(top, body)`` of one report: the defense count, the notes and the section links;
+    then the sections. ``prefix`` goes in front of every element id and in-page link (a
+    part of a combined page)."""
+    entries, cols = _checked(entries, columns)
+    sections = _sections(entries, cols)
+    n_warn = sum(len(e.findings) for e in entries)
+    nav = "".join(
+        f'<a href="#{sid}">{_e(heading)}'
+        + (f' <span class="badge warn">{n_warn}</span>' if sid == "warnings" and n_warn else "")
+        + "</a>" for sid, heading, _ in sections)
+    if isinstance(notes, str):
+        notes = [notes]
+    notes_html = ("<ul class=\"notes\">" + "".join(f"<li>{_e(n)}</li>" for n in notes)
+                  + "</ul>") if notes else ""
+    top = f'<p class="meta">{_count(entries)}</p>{notes_html}<nav>{nav}</nav>'
+    body = "".join(f'<section id="{sid}"><h2>{_e(heading)}</h2>{content}</section>'
+                   for sid, heading, content in sections)
+    if prefix:  # data strings are escaped, so every ' id="' and 'href="#' is ours
+        top, body = (t.replace(' id="', f' id="{prefix}').replace('href="#', f'href="#{prefix}')
+                     for t in (top, body))
+    return top, body
 
 
 def _page(title: str, header: str, body: str) -> str:
@@ -689,14 +700,8 @@ def render_report(
     Raises:
         InputError / InputTypeError: no entries, or malformed entries or columns.
     """
-    entries, cols = _checked(entries, columns)
-    sections = _sections(entries, cols)
-    n_warn = sum(len(e.findings) for e in entries)
-    body = "".join(f'<section id="{sid}"><h2>{_e(head)}</h2>{content}</section>'
-                   for sid, head, content in sections)
-    header = (f'<p class="meta">{_count(entries)}</p>{_notes(notes)}'
-              f"<nav>{_nav(sections, n_warn)}</nav>")
-    return _page(title, header, body)
+    head, body = _part(entries, columns, notes)
+    return _page(title, head, body)
 
 
 def render_combined(parts: Sequence[ReportPart], *, title: str) -> str:
@@ -716,18 +721,10 @@ def render_combined(parts: Sequence[ReportPart], *, title: str) -> str:
         raise InputError("nothing to report: parts is empty")
     toc, body = [], []
     for i, part in enumerate(parts):
-        entries, cols = _checked(part.entries, part.columns)
-        sections = _sections(entries, cols)
-        prefix = f"s{i}-"
-        inner = "".join(f'<section id="{sid}"><h2>{_e(head)}</h2>{content}</section>'
-                        for sid, head, content in sections)
-        # the sections' own ids and links (warning anchors, ...) get the part's prefix
-        inner = inner.replace(' id="', f' id="{prefix}').replace('href="#', f'href="#{prefix}')
-        n_warn = sum(len(e.findings) for e in entries)
+        head, inner = _part(part.entries, part.columns, part.notes, prefix=f"s{i}-")
         body.append(f'<section class="suite" id="s{i}"><h2 class="suite">{_e(part.title)}</h2>'
-                    f'<p class="meta">{_count(entries)}</p>{_notes(part.notes)}'
-                    f"<nav>{_nav(sections, n_warn, prefix)}</nav>{inner}</section>")
-        toc.append(f'<a href="#s{i}">{_e(part.title)} ({_count(entries)})</a>')
+                    f"{head}{inner}</section>")
+        toc.append(f'<a href="#s{i}">{_e(part.title)} ({_count(part.entries)})</a>')
     header = f'<p class="meta">{len(parts)} suites</p><nav>{"".join(toc)}</nav>'
     return _page(title, header, "".join(body))
 
@@ -745,16 +742,16 @@ def write_report(
     Returns:
         ``path`` as a ``Path``.
     """
-    page = render_report(entries, title=title, columns=columns, notes=notes)
-    out = Path(path)
-    atomic_write_bytes(out, page.encode("utf-8"))
-    return out
+    return _write(path, render_report(entries, title=title, columns=columns, notes=notes))
 
 
 def write_combined(path: str | os.PathLike[str], parts: Sequence[ReportPart], *,
                    title: str) -> Path:
     """Render several suites on one page (``render_combined``) and write it atomically."""
-    page = render_combined(parts, title=title)
+    return _write(path, render_combined(parts, title=title))
+
+
+def _write(path: str | os.PathLike[str], page: str) -> Path:
     out = Path(path)
     atomic_write_bytes(out, page.encode("utf-8"))
     return out
